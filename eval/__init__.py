@@ -1,0 +1,1 @@
+"""Ranking metrics, inference-time re-scoring (DSL, QB-Norm) and reports."""

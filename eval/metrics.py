@@ -1,0 +1,108 @@
+"""Retrieval ranks and the usual summary metrics (R@K, median rank, mean rank).
+
+Similarity matrices are texts x videos: ``sim[i, j]`` is the score of caption i against video j, and
+``text_video[i]`` is the index of caption i's own video.
+
+- Text-to-video (T2V): each caption ranks all N videos; its rank is that of its own video.
+- Video-to-text (V2T), multi-caption protocol as in CLIP4Clip: the captions of video g form group g and
+  score against video v as ``G[v, g] = max_{c in g} sim[c, v]``; video v's rank is that of its own group
+  among all N groups.
+
+Tie rule (ties count against the model)::
+
+    rank = 1 + #{other candidates k : score_k >= score_true}
+
+so a model that gives every candidate the same score gets the worst rank N, never rank 1. (CLIP4Clip's
+``np.where(sorted == diag)`` takes the first match in a sorted row, which resolves ties in the model's
+favour.) NaN scores cannot be ranked and raise ValueError.
+
+Ranks are computed one block of query rows at a time, so a matrix that is produced block by block never
+has to be held whole.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+TIE_RULE = "rank = 1 + number of other candidates scoring >= the true one (ties count against the model)"
+DEFAULT_CHUNK = 4096
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_inputs(sim, text_video) -> tuple[np.ndarray, np.ndarray]:
+    sim, text_video = _as_numpy(sim), _as_numpy(text_video)
+    if sim.ndim != 2:
+        raise ValueError(f"similarity matrix must be 2-D (texts x videos), got shape {sim.shape}")
+    if text_video.ndim != 1 or len(text_video) != sim.shape[0]:
+        raise ValueError(
+            f"text_video must have one entry per similarity row ({sim.shape[0]}), got shape {text_video.shape}"
+        )
+    text_video = text_video.astype(np.int64)
+    if len(text_video) and (text_video.min() < 0 or text_video.max() >= sim.shape[1]):
+        raise ValueError(f"text_video holds video indices outside [0, {sim.shape[1]})")
+    return sim, text_video
+
+
+def _check_finite(block: np.ndarray) -> None:
+    if np.isnan(block).any():
+        raise ValueError("similarity matrix contains NaN scores; ranks are undefined")
+
+
+def t2v_ranks(sim, text_video, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """1-based rank of each caption's own video among all videos (tie rule in the module docstring).
+
+    ``#{k : sim[i, k] >= sim[i, true]}`` counts the true video itself once, which is the "1 +".
+    """
+    sim, text_video = _check_inputs(sim, text_video)
+    ranks = np.empty(sim.shape[0], dtype=np.int64)
+    for i0 in range(0, sim.shape[0], chunk):
+        block = np.asarray(sim[i0 : i0 + chunk])
+        _check_finite(block)
+        true = block[np.arange(len(block)), text_video[i0 : i0 + chunk]]
+        ranks[i0 : i0 + chunk] = (block >= true[:, None]).sum(1)
+    return ranks
+
+
+def v2t_ranks(sim, text_video, n_videos: int | None = None, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """1-based rank of each video's own caption group among all groups (group score = max over captions).
+
+    ``sim`` is still texts x videos (for a re-scored V2T matrix, transpose it back first). Every video
+    must have at least one caption, else its rank is undefined and ValueError is raised.
+    """
+    sim, text_video = _check_inputs(sim, text_video)
+    n = sim.shape[1]
+    if n_videos is not None and n_videos != n:
+        raise ValueError(f"n_videos={n_videos} but the similarity matrix has {n} video columns")
+    counts = np.bincount(text_video, minlength=n)
+    if (counts == 0).any():
+        raise ValueError(f"{int((counts == 0).sum())} of {n} videos have no caption; V2T ranks are undefined")
+    # Sort captions by video so each group is a contiguous run of rows: group max is one reduceat.
+    order = np.argsort(text_video, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ranks = np.empty(n, dtype=np.int64)
+    for v0 in range(0, n, chunk):
+        block = np.asarray(sim[:, v0 : v0 + chunk])[order]  # [M, c], rows grouped by video
+        _check_finite(block)
+        group = np.maximum.reduceat(block, starts, axis=0)  # [N groups, c]: G[g, v] for v in the chunk
+        cols = np.arange(group.shape[1])
+        true = group[v0 + cols, cols]
+        ranks[v0 : v0 + chunk] = (group >= true[None, :]).sum(0)
+    return ranks
+
+
+def retrieval_metrics(ranks) -> dict[str, float]:
+    """R@1, R@5, R@10 (percent of queries whose rank <= K), median rank (MdR) and mean rank (MnR)."""
+    ranks = _as_numpy(ranks)
+    if ranks.size == 0:
+        raise ValueError("no ranks to summarise")
+    if (ranks < 1).any():
+        raise ValueError("ranks are 1-based; got a rank below 1")
+    out = {f"R@{k}": float(100.0 * np.mean(ranks <= k)) for k in (1, 5, 10)}
+    out["MdR"] = float(np.median(ranks))
+    out["MnR"] = float(np.mean(ranks))
+    return out

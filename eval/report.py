@@ -1,0 +1,72 @@
+"""Reports: a plain-text comparison table and atomic JSON files."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
+TRANSDUCTIVE_FOOTNOTE = "* DSL at inference uses all test queries at once (transductive)"
+RANDOM_CLIP_NOTE = "CLIP weights are randomly initialised ({model}): numbers are not meaningful for real retrieval"
+
+
+def _name(report: dict) -> str:
+    name = report.get("name")
+    if not name:
+        rescore = report.get("rescore", "none")
+        name = report.get("model", "?") + ("" if rescore in ("none", None) else f"+{rescore}")
+    return name + (" *" if report.get("transductive") else "")
+
+
+def format_table(reports: list[dict]) -> str:
+    """One aligned row per report: name, T2V R@1 R@5 R@10 MdR MnR, V2T the same; then footnotes.
+
+    Transductive rows are starred, with a footnote; notes about randomly initialised CLIP weights are
+    listed once each below the table.
+    """
+    header = ["model"] + [f"T2V {m}" for m in METRICS] + [f"V2T {m}" for m in METRICS]
+    rows = [[_name(r)] + [f"{r[d][m]:.1f}" for d in ("t2v", "v2t") for m in METRICS] for r in reports]
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+    if any(r.get("transductive") for r in reports):
+        out.append(TRANSDUCTIVE_FOOTNOTE)
+    # Only the random-CLIP warnings go under the table; other notes stay in the JSON.
+    seen = set()
+    for r in reports:
+        for note in r.get("notes", []):
+            if note.startswith(RANDOM_CLIP_NOTE.split("(")[0]) and note not in seen:
+                seen.add(note)
+                out.append(note)
+    return "\n".join(out)
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"cannot write {type(x).__name__} to JSON")
+
+
+def write_json(path, obj) -> None:
+    """Write ``obj`` as indented JSON, creating parent folders; atomic (temp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,1 @@
+"""Datasets, ffmpeg decoding and frame sampling, CLIP encoding: everything that writes the cache."""

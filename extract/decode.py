@@ -1,0 +1,215 @@
+"""Decode a video with ffmpeg and sample frames the way CLIP4Clip does.
+
+One ffmpeg process per video does all the pixel work: take one frame per second (``fps``), convert to
+RGB, resize so the short side is ``resolution`` (bicubic), centre-crop a square, and write raw rgb24
+frames to a pipe. Python only reads the frames and keeps ``max_frames`` of them, chosen uniformly.
+Everything here is a pure function of (path, settings), so it can run in worker processes.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+
+class DecodeError(RuntimeError):
+    """A video could not be probed or decoded; the message names the file and the problem."""
+
+
+def _find_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(
+            f"{name} not found on PATH; vtr needs ffmpeg and ffprobe to read videos "
+            f"(install them with `apt-get install ffmpeg`, `brew install ffmpeg` or `conda install ffmpeg`)"
+        )
+    return path
+
+
+def ffmpeg_binary() -> str:
+    """The path of the ffmpeg executable (RuntimeError with install advice if it is missing)."""
+    return _find_binary("ffmpeg")
+
+
+def ffprobe_binary() -> str:
+    """The path of the ffprobe executable (RuntimeError with install advice if it is missing)."""
+    return _find_binary("ffprobe")
+
+
+@dataclass
+class VideoInfo:
+    """What ffprobe says about a file's first video stream. ``duration`` is NaN when the file has none."""
+
+    duration: float  # seconds
+    width: int  # coded pixels, before sample aspect ratio or rotation
+    height: int
+    fps: float
+    codec: str
+
+
+@dataclass
+class Frames:
+    """The sampled frames of one video."""
+
+    frames: np.ndarray  # [T, R, R, 3] uint8, RGB, T <= max_frames, in time order
+    duration: float  # seconds, from ffprobe
+    n_sampled: int  # frames at `fps` before the uniform choice of max_frames
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no message)"
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise DecodeError(f"{path}: no such file")
+    if not path.is_file():
+        raise DecodeError(f"{path}: not a file")
+
+
+def _url(path: Path) -> str:
+    # "file:" stops ffmpeg from reading a name like "a:b.mp4" as a protocol or "-x.mp4" as an option
+    return "file:" + str(path.resolve())
+
+
+def _rate(text: str | None) -> float:
+    """Parse ffprobe's "num/den" frame rates; 0.0 when unknown (e.g. "0/0")."""
+    num, _, den = (text or "").partition("/")
+    try:
+        return float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+
+
+def _float(value) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) and x > 0 else None
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Probe ``path`` with ffprobe and describe its first video stream (cover art pictures are skipped)."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        info = ffmpeg.probe(_url(path), cmd=ffprobe_binary())
+    except ffmpeg.Error as e:
+        message = _last_line(e.stderr.decode(errors="replace"))
+        raise DecodeError(f"{path}: ffprobe could not read it: {message}") from None
+    videos = [
+        s for s in info.get("streams", [])
+        if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+    ]
+    if not videos:
+        raise DecodeError(f"{path}: no video stream")
+    s = videos[0]
+    fps = _rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate"))
+    duration = _float(s.get("duration")) or _float(info.get("format", {}).get("duration"))
+    if duration is None and _float(s.get("nb_frames")) and fps:
+        duration = float(s["nb_frames"]) / fps
+    return VideoInfo(
+        duration=duration if duration is not None else math.nan,
+        width=int(s.get("width", 0)),
+        height=int(s.get("height", 0)),
+        fps=fps,
+        codec=str(s.get("codec_name", "unknown")),
+    )
+
+
+def uniform_indices(n: int, max_frames: int) -> np.ndarray:
+    """Which of ``n`` sampled frames to keep: all of them, or CLIP4Clip's ``max_frames`` uniform picks."""
+    if n < 0 or max_frames < 1:
+        raise ValueError(f"uniform_indices needs n >= 0 and max_frames >= 1, got n={n}, max_frames={max_frames}")
+    if n <= max_frames:
+        return np.arange(n)
+    return np.linspace(0, n - 1, num=max_frames, dtype=int)
+
+
+def _filter_graph(path: Path, resolution: int, fps: float, threads: int):
+    """The ffmpeg-python graph: fps -> RGB -> short side to ``resolution`` -> centre crop -> rawvideo."""
+    r = int(resolution)
+    # round=up puts output frame k on the input frame shown at time k/fps, so a clip of d seconds gives
+    # ceil(d * fps) frames and a clip shorter than 1/fps still gives its first frame (the default,
+    # round=near, gives none for clips under half a period).
+    video = ffmpeg.input(_url(path), threads=threads)["V:0"].filter("fps", fps=fps, round="up")
+    # Convert to RGB before resizing (only 1 frame/s reaches this point, so it is cheap): chroma is then
+    # resampled once, at full resolution, like CLIP's PIL pipeline on decoded RGB images.
+    video = video.filter("format", "rgb24")
+    # Non-square pixels: size by the *display* aspect ratio (dar = iw/ih * sar, sar=1 when unknown) and
+    # declare the output pixels square, so a 4:3 anamorphic clip is not squashed. max() keeps rounding
+    # from ever leaving the short side at resolution-1.
+    w = f"if(gte(dar,1),max({r},round({r}*dar)),{r})"
+    h = f"if(gte(dar,1),{r},max({r},round({r}/dar)))"
+    video = video.filter("scale", w=w, h=h, flags="bicubic").filter("setsar", "1")
+    video = video.filter("crop", r, r)  # x, y default to the centre
+    out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None)
+    return out.global_args("-nostdin", "-loglevel", "error", "-filter_threads", str(max(threads, 1)))
+
+
+def sample_frames(
+    path: str | Path, resolution: int, fps: float = 1.0, max_frames: int = 12, *, threads: int = 1,
+    timeout: float | None = None,
+) -> Frames:
+    """Decode ``path`` and return up to ``max_frames`` frames of ``resolution`` x ``resolution`` RGB.
+
+    Frames are taken at ``fps`` (at times 0, 1/fps, 2/fps, ...), then ``uniform_indices`` keeps at most
+    ``max_frames`` of them. ``threads`` is ffmpeg's decoder/filter thread count: 1 suits extraction, which
+    runs one decoder per core; 0 lets ffmpeg pick when decoding a single video. ``timeout`` (seconds, None
+    for no limit) kills an ffmpeg that takes longer, e.g. on a file that never ends. No padding is done here.
+    Raises DecodeError naming the file when it is missing, has no video, or ffmpeg fails or yields nothing.
+    """
+    path = Path(path)
+    if resolution < 1 or fps <= 0 or max_frames < 1:
+        raise ValueError(f"sample_frames needs resolution >= 1, fps > 0, max_frames >= 1 "
+                         f"(got {resolution}, {fps}, {max_frames})")
+    info = probe(path)  # also checks the file exists and has a video stream
+    args = _filter_graph(path, resolution, fps, threads).compile(cmd=ffmpeg_binary())
+    frame_bytes = resolution * resolution * 3
+    frames: list[np.ndarray] = []
+    # stderr goes to a temp file rather than a pipe: a chatty ffmpeg can then never block on a full pipe
+    # while we are blocked reading stdout.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        timed_out = threading.Event()
+
+        def kill():
+            timed_out.set()
+            proc.kill()
+
+        watchdog = threading.Timer(timeout, kill) if timeout else None
+        if watchdog:
+            watchdog.start()
+        try:
+            while True:
+                chunk = proc.stdout.read(frame_bytes)  # blocks until a whole frame or end of stream
+                if len(chunk) < frame_bytes:  # the end (a short chunk means ffmpeg died mid-frame)
+                    break
+                frames.append(np.frombuffer(chunk, np.uint8).reshape(resolution, resolution, 3))
+            proc.stdout.close()
+            code = proc.wait()
+        finally:
+            if watchdog:
+                watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if timed_out.is_set():
+        raise DecodeError(f"{path}: ffmpeg did not finish within {timeout} s")
+    if code != 0:
+        raise DecodeError(f"{path}: ffmpeg could not decode it (exit {code}): {_last_line(stderr)}")
+    if not frames:
+        raise DecodeError(f"{path}: ffmpeg decoded no frames" + (f": {_last_line(stderr)}" if stderr.strip() else ""))
+    keep = uniform_indices(len(frames), max_frames)
+    return Frames(frames=np.stack([frames[i] for i in keep]), duration=info.duration, n_sampled=len(frames))

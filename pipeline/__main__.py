@@ -1,0 +1,3 @@
+from vtr.cli import main
+
+main()

@@ -1,0 +1,398 @@
+"""The HDF5 feature cache: its schema, a crash-safe writer and a reader.
+
+A cache is one file, ``<name>.h5``, made by ``vtr extract`` for one dataset and one setting::
+
+    /                      attrs: schema_version, the extraction settings (CLIP model and weight
+                           checksum, fps, max_frames, sampling, preprocessing, ...), vtr version, created
+    /videos/ids            [N] str      the dataset's video ids (the cache key)
+    /videos/frames         [N, T, D]    float16 CLIP frame embeddings (not normalised), zero-padded
+    /videos/mask           [N, T]       bool, True where a real frame is
+    /videos/status         [N] int8     1 done, 2 failed (see /videos/reason)
+    /videos/reason         [N] str      why a video failed ("" when done)
+    /videos/path, split    [N] str
+    /videos/duration       [N] float32  seconds (ffprobe)
+    /texts/ids             [M] str      caption ids (the cache key)
+    /texts/caption, split  [M] str
+    /texts/video_id        [M] str      and /texts/video_index [M] int64, its row in /videos
+    /texts/embedding       [M, D]       float16 CLIP sentence embeddings (not normalised)
+
+Crash safety. HDF5 files are not safe to kill mid-write, so the main file is never written in place.
+A run appends its rows in small *part files* (``<name>.h5.parts/part-000001.h5``), each written to a
+temporary name and renamed into place, so a part either exists whole or not at all. At the end of a run
+the main file and the parts are combined into a new file that replaces the old one atomically, and the
+parts are deleted. A run killed at any moment therefore leaves the old main file plus whole parts; the
+reader reads both, and the next run picks up where the killed one stopped. Where an id appears twice
+(a part already combined before the kill; a failed video retried), the later row wins.
+
+One writer at a time: the writer holds an exclusive lock on ``<name>.h5.lock`` (released by the OS
+even when the process is killed). Readers take no lock; they only ever see whole files.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from vtr import __version__
+from vtr.records import CacheTensors
+
+SCHEMA_VERSION = 1
+DONE, FAILED = 1, 2
+_STR = h5py.string_dtype()
+
+
+class CacheError(RuntimeError):
+    """A cache that cannot be used as asked: wrong settings, locked, missing or unreadable."""
+
+
+@dataclass
+class VideoRow:
+    id: str
+    split: str
+    path: str
+    duration: float
+    frames: np.ndarray  # [t, D], t <= max_frames (padded by the writer)
+    status: int = DONE
+    reason: str = ""
+
+
+@dataclass
+class TextRow:
+    id: str
+    video_id: str
+    split: str
+    caption: str
+    embedding: np.ndarray  # [D]
+
+
+def parts_dir(path: Path) -> Path:
+    return Path(str(path) + ".parts")
+
+
+def _part_files(path: Path) -> list[Path]:
+    d = parts_dir(path)
+    return sorted(d.glob("part-*.h5")) if d.is_dir() else []
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_str(ds) -> list[str]:
+    return list(ds.asstr()[()]) if len(ds) else []
+
+
+def _read_source(f: h5py.File) -> dict:
+    """Every array of one file (main or part) as numpy, plus its settings."""
+    v, t = f["videos"], f["texts"]
+    return {
+        "settings": json.loads(f.attrs["settings"]),
+        "videos": {
+            "ids": _read_str(v["ids"]),
+            "frames": v["frames"][()],
+            "mask": v["mask"][()],
+            "status": v["status"][()],
+            "reason": _read_str(v["reason"]),
+            "path": _read_str(v["path"]),
+            "split": _read_str(v["split"]),
+            "duration": v["duration"][()],
+        },
+        "texts": {
+            "ids": _read_str(t["ids"]),
+            "caption": _read_str(t["caption"]),
+            "split": _read_str(t["split"]),
+            "video_id": _read_str(t["video_id"]),
+            "embedding": t["embedding"][()],
+        },
+    }
+
+
+def _merge(sources: list[dict]) -> dict:
+    """Concatenate sources in order; for an id seen twice the later row wins, at its first position."""
+    merged = {}
+    for group in ("videos", "texts"):
+        keys = sources[0][group].keys()
+        cat = {k: _concat([s[group][k] for s in sources]) for k in keys}
+        ids = cat["ids"]
+        last = {i: n for n, i in enumerate(ids)}  # the winning row of each id
+        order = []
+        seen = set()
+        for i in ids:
+            if i not in seen:
+                seen.add(i)
+                order.append(last[i])
+        order = np.asarray(order, dtype=np.int64)
+        merged[group] = {k: _take(v, order) for k, v in cat.items()}
+    return merged
+
+
+def _concat(items):
+    if isinstance(items[0], list):
+        return [x for item in items for x in item]
+    return np.concatenate(items, axis=0)
+
+
+def _take(v, order):
+    return [v[i] for i in order] if isinstance(v, list) else v[order]
+
+
+def read_sources(path: Path) -> tuple[dict, dict]:
+    """(settings, merged arrays) of a cache: the main file plus any parts an unfinished run left."""
+    path = Path(path)
+    for attempt in range(3):  # a writer may combine and delete parts while we list them
+        files = ([path] if path.exists() else []) + _part_files(path)
+        if not files:
+            raise CacheError(f"{path}: no such cache (run `vtr extract` to make it)")
+        try:
+            sources = []
+            for p in files:
+                with h5py.File(p, "r") as f:
+                    sources.append(_read_source(f))
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
+        except OSError as e:
+            raise CacheError(f"{p}: not a readable vtr cache ({e})") from e
+        except KeyError as e:
+            raise CacheError(f"{p}: not a vtr cache (missing {e})") from e
+    for p, src in zip(files[1:], sources[1:]):
+        diff = _settings_diff(sources[0]["settings"], src["settings"])
+        if diff:
+            raise CacheError(f"{p}: made with other settings than {files[0]}: " + "; ".join(diff))
+    return sources[0]["settings"], _merge(sources)
+
+
+def read_cache(path) -> CacheTensors:
+    """The whole cache in memory, as fit and eval use it."""
+    settings, m = read_sources(Path(path))
+    v, t = m["videos"], m["texts"]
+    row_of = {vid: n for n, vid in enumerate(v["ids"])}
+    missing = [vid for vid in t["video_id"] if vid not in row_of]
+    if missing:
+        raise CacheError(f"{path}: {len(missing)} captions point at videos not in the cache (e.g. {missing[0]!r})")
+    return CacheTensors(
+        video_ids=v["ids"],
+        frames=v["frames"],
+        frame_mask=v["mask"],
+        video_split=np.asarray(v["split"], dtype=object),
+        video_ok=v["status"] == DONE,
+        text_ids=t["ids"],
+        captions=t["caption"],
+        text_video=np.asarray([row_of[vid] for vid in t["video_id"]], dtype=np.int64),
+        text_split=np.asarray(t["split"], dtype=object),
+        text_emb=t["embedding"],
+        attrs=dict(settings, path=str(path)),
+    )
+
+
+def cache_summary(path) -> dict:
+    """Counts and settings, for `vtr info` and for the "nothing to do" message."""
+    settings, m = read_sources(Path(path))
+    v, t = m["videos"], m["texts"]
+    status = v["status"]
+    splits = {}
+    for s in sorted(set(v["split"])):
+        ok = [i for i, (sp, st) in enumerate(zip(v["split"], status)) if sp == s and st == DONE]
+        splits[s] = {"videos": len(ok), "captions": sum(1 for sp in t["split"] if sp == s)}
+    failed = {vid: r for vid, st, r in zip(v["ids"], status, v["reason"]) if st == FAILED}
+    return {
+        "path": str(path),
+        "settings": settings,
+        "videos": int((status == DONE).sum()),
+        "failed_videos": failed,
+        "captions": len(t["ids"]),
+        "splits": splits,
+        "unfinished_parts": len(_part_files(Path(path))),
+        "frames_shape": list(v["frames"].shape),
+    }
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _write_file(path: Path, settings: dict, videos: dict, texts: dict, max_frames: int, dim: int):
+    """Write one complete cache file (main or part) to a temp name, then rename it into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+        for k, val in settings.items():  # also as plain attributes, for h5dump / other tools
+            f.attrs[k] = val if isinstance(val, (int, float, str, bool)) else json.dumps(val)
+        f.attrs["vtr_version"] = __version__
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        g = f.create_group("videos")
+        n = len(videos["ids"])
+        for k in ("ids", "reason", "path", "split"):
+            g.create_dataset(k, data=videos[k], dtype=_STR)
+        g.create_dataset("frames", data=videos["frames"].reshape(n, max_frames, dim).astype(np.float16),
+                         chunks=(max(1, min(n, 64)), max_frames, dim) if n else None)
+        g.create_dataset("mask", data=videos["mask"].reshape(n, max_frames).astype(bool))
+        g.create_dataset("status", data=np.asarray(videos["status"], dtype=np.int8))
+        g.create_dataset("duration", data=np.asarray(videos["duration"], dtype=np.float32))
+        g = f.create_group("texts")
+        for k in ("ids", "caption", "split", "video_id"):
+            g.create_dataset(k, data=texts[k], dtype=_STR)
+        row_of = {vid: i for i, vid in enumerate(videos["ids"])}
+        g.create_dataset("video_index", data=np.asarray(
+            [row_of.get(vid, -1) for vid in texts["video_id"]], dtype=np.int64))
+        g.create_dataset("embedding", data=texts["embedding"].reshape(len(texts["ids"]), dim).astype(np.float16))
+        f.flush()
+    with open(tmp, "rb+") as fh:  # make the bytes durable before the rename makes them visible
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _settings_diff(a: dict, b: dict) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: cache has {a.get(k)!r}, asked {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+class CacheWriter:
+    """Appends videos and captions to a cache, crash-safely (see the module docstring).
+
+    Use as a context manager::
+
+        with CacheWriter("cache/msvd.h5", settings, max_frames=12, dim=512) as w:
+            todo = [v for v in videos if v.id not in w.video_ids]
+            w.add_video(VideoRow(...))      # buffered; a part file is written every `flush_every` rows
+            w.add_text(TextRow(...))
+            w.commit()                      # combine main + parts into a new main file
+
+    ``settings`` must equal those of an existing cache at the same path, else `CacheError` lists the
+    differences: one cache never mixes two models or frame settings.
+    """
+
+    def __init__(self, path, settings: dict, *, max_frames: int, dim: int, flush_every: int = 64):
+        self.path = Path(path)
+        self.settings = dict(settings, max_frames=max_frames, dim=dim)
+        self.max_frames, self.dim, self.flush_every = max_frames, dim, flush_every
+        self._lock_fh = None
+        self._videos: list[VideoRow] = []
+        self._texts: list[TextRow] = []
+        self.parts_written = 0
+
+    # -- lifecycle
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(str(self.path) + ".lock", "w")
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_fh.close()
+            raise CacheError(f"{self.path}: another `vtr extract` is writing this cache (lock {self.path}.lock)")
+        try:
+            self._load_existing()
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.flush()
+        else:
+            # Keep what was done: whole rows go to a part file; the next run resumes from it.
+            try:
+                self.flush()
+            except Exception:
+                pass
+        self._unlock()
+        return False
+
+    def _unlock(self):
+        fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+        self._lock_fh.close()
+
+    def _load_existing(self):
+        self.video_status: dict[str, int] = {}
+        self.text_ids: set[str] = set()
+        if not self.path.exists() and not _part_files(self.path):
+            return
+        try:
+            existing, m = read_sources(self.path)
+        except CacheError as e:
+            raise CacheError(f"{e}; move it away or choose another --out") from e
+        diff = _settings_diff(existing, self.settings)
+        if diff:
+            raise CacheError(
+                f"{self.path} was made with other settings, and one cache never mixes two:\n  "
+                + "\n  ".join(diff)
+                + "\nUse --out to write a separate cache, or delete this one."
+            )
+        self.video_status = dict(zip(m["videos"]["ids"], m["videos"]["status"].tolist()))
+        self.text_ids = set(m["texts"]["ids"])
+
+    @property
+    def video_ids(self) -> set[str]:
+        return set(self.video_status)
+
+    # -- appending
+    def add_video(self, row: VideoRow):
+        if row.frames.ndim != 2 or row.frames.shape[1] != self.dim or len(row.frames) > self.max_frames:
+            raise ValueError(f"video {row.id}: frames of shape {row.frames.shape}, expected [<= {self.max_frames}, {self.dim}]")
+        self._videos.append(row)
+        self.video_status[row.id] = row.status
+        if len(self._videos) >= self.flush_every:
+            self.flush()
+
+    def add_text(self, row: TextRow):
+        self._texts.append(row)
+        self.text_ids.add(row.id)
+        if len(self._texts) >= self.flush_every * 16:  # captions are small: flush them less often
+            self.flush()
+
+    def flush(self):
+        """Write the buffered rows as one whole part file."""
+        if not self._videos and not self._texts:
+            return
+        d = parts_dir(self.path)
+        d.mkdir(exist_ok=True)
+        existing = _part_files(self.path)
+        seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 1
+        videos, texts = self._pack(self._videos, self._texts)
+        _write_file(d / f"part-{seq:06d}.h5", self.settings, videos, texts, self.max_frames, self.dim)
+        self._videos, self._texts = [], []
+        self.parts_written += 1
+
+    def _pack(self, vrows: list[VideoRow], trows: list[TextRow]):
+        n, T, D = len(vrows), self.max_frames, self.dim
+        frames = np.zeros((n, T, D), dtype=np.float16)
+        mask = np.zeros((n, T), dtype=bool)
+        for i, r in enumerate(vrows):
+            frames[i, : len(r.frames)] = r.frames
+            mask[i, : len(r.frames)] = True
+        videos = {
+            "ids": [r.id for r in vrows], "reason": [r.reason for r in vrows],
+            "path": [r.path for r in vrows], "split": [r.split for r in vrows],
+            "frames": frames, "mask": mask,
+            "status": [r.status for r in vrows], "duration": [r.duration for r in vrows],
+        }
+        emb = np.stack([r.embedding for r in trows]) if trows else np.zeros((0, D), np.float16)
+        texts = {
+            "ids": [r.id for r in trows], "caption": [r.caption for r in trows],
+            "split": [r.split for r in trows], "video_id": [r.video_id for r in trows],
+            "embedding": emb,
+        }
+        return videos, texts
+
+    def commit(self):
+        """Combine the main file and all parts into a new main file, atomically; then drop the parts."""
+        self.flush()
+        parts = _part_files(self.path)
+        if not parts:
+            return
+        _, m = read_sources(self.path)
+        _write_file(self.path, self.settings, m["videos"], m["texts"], self.max_frames, self.dim)
+        for p in parts:
+            p.unlink()
+        try:
+            parts_dir(self.path).rmdir()
+        except OSError:
+            pass

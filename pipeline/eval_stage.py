@@ -1,0 +1,39 @@
+"""The eval stage: a run folder (or zero-shot CLIP) + its cache -> a report dict."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vtr.cache import read_cache
+from vtr.eval.evaluate import evaluate
+from vtr.records import CacheTensors
+from vtr.train.heads import MeanP
+from vtr.train.runs import load_run
+
+RESCORES = ("none", "dsl", "qbnorm")
+
+
+def _evaluate(head, data: CacheTensors, cache_path, split, rescore, device) -> dict:
+    if rescore not in RESCORES:
+        raise ValueError(f"rescore must be one of {RESCORES}, not {rescore!r}")
+    # QB-Norm's query bank: the training split's captions (T2V) and videos (V2T), never test queries.
+    bank = data.select("train") if rescore == "qbnorm" else None
+    return evaluate(head, data, split=split, rescore=rescore, bank=bank, cache_path=str(cache_path),
+                    device=device)
+
+
+def evaluate_zero_shot(cache_path, *, split="test", rescore="none", device="cpu", data=None) -> dict:
+    """Zero-shot CLIP (meanP over the frozen frame embeddings): nothing trained."""
+    data = data if data is not None else read_cache(cache_path)
+    return _evaluate(MeanP(data.dim), data, cache_path, split, rescore, device)
+
+
+def evaluate_run(run_dir, *, cache_path=None, split="test", rescore="none", device="cpu", data=None) -> dict:
+    """A trained head from ``run_dir`` (its best checkpoint) on its cache, or on ``cache_path``."""
+    head, cfg, info = load_run(Path(run_dir))
+    cache_path = cache_path or info.get("cache_path")
+    if not cache_path:
+        raise ValueError(f"{run_dir}: the run does not say which cache it was trained on; pass --cache")
+    data = data if data is not None else read_cache(cache_path)
+    report = _evaluate(head, data, cache_path, split, rescore, device)
+    report["run"] = str(run_dir)
+    return report

@@ -1,0 +1,27 @@
+"""Shared fixtures: the offline CLIP, and small synthetic datasets made once per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """The seeded random CLIP: real CLIP code, random weights, 64 px, 128-d."""
+    from vtr.extract.clip_encoder import load_clip
+
+    return load_clip("random:tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """24 synthetic clips (videos + annotations), rendered once for the session; treat as read-only."""
+    from vtr.extract.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, n_videos=24, seed=0, progress=False)
+    return root

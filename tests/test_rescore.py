@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from vtr.eval.rescore import dsl, dsl_t2v, dsl_v2t, qbnorm, qbnorm_t2v, qbnorm_v2t
+
+# Video 0 is a hub: top-1 for every text, though texts 1 and 2 belong to videos 1 and 2.
+HUB = torch.tensor([[3.0, 1.0, 1.0],
+                    [3.0, 2.5, 1.0],
+                    [3.0, 1.0, 2.5]])
+
+
+def test_dsl_2x2_hand_values():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # column softmax: [e/(e+1), 1/(e+1)] = [0.731059, 0.268941]; times S times 2 rows
+    expected = torch.tensor([[1 * 0.731059 * 2, 0.0], [0.0, 1 * 0.731059 * 2]])
+    assert torch.allclose(dsl(s), expected, atol=1e-5)
+
+
+def test_dsl_demotes_hub_video():
+    assert HUB.argmax(1).tolist() == [0, 0, 0]
+    out = dsl_t2v(HUB)
+    # column 0: softmax(3, 3, 3) = 1/3 each             -> 3 * 1/3 * 3 = 3 on every row
+    # column 1: softmax(1, 2.5, 1) = [e, e^2.5, e] / (e^2.5 + 2e) = [0.154281, 0.691438, 0.154281]
+    #   row 1: 2.5 * 0.691438 * 3 = 5.185788 ; rows 0, 2: 1 * 0.154281 * 3 = 0.462842
+    # column 2 is column 1 with rows 1 and 2 swapped.
+    expected = torch.tensor([[3.0, 0.462842, 0.462842],
+                             [3.0, 5.185788, 0.462842],
+                             [3.0, 0.462842, 5.185788]])
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert out.argmax(1).tolist() == [0, 1, 2]
+
+
+def test_dsl_v2t_softmax_over_videos():
+    out = dsl_v2t(HUB)
+    assert out.shape == HUB.shape  # texts x videos, ready for v2t_ranks
+    assert torch.allclose(out, dsl(HUB.T).T)
+    # text 0 row: softmax over videos of (3, 1, 1) = [e^3, e, e] / (e^3 + 2e) = [0.786986, 0.106507, 0.106507]
+    # times S times 3 videos: [3 * 0.786986 * 3, 1 * 0.106507 * 3, same] = [7.082874, 0.319521, 0.319521]
+    assert torch.allclose(out[0], torch.tensor([7.082874, 0.319521, 0.319521]), atol=1e-5)
+
+
+def test_dsl_temperature_and_numpy_input():
+    # A huge temperature makes the softmax uniform (1/M), so S' = S * 1/M * M = S.
+    assert torch.allclose(dsl(HUB, temperature=1e9), HUB, atol=1e-5)
+    assert torch.allclose(dsl(HUB.numpy()), dsl(HUB))
+
+
+BANK = torch.tensor([[0.9, 0.1, 0.2],   # top-1: gallery item 0
+                     [0.8, 0.3, 0.1]])  # top-1: gallery item 0  -> activation set A = {0} for k = 1
+# logsumexp over the bank per gallery item (beta = 1):
+#   item 0: log(e^.9 + e^.8) = log(2.459603 + 2.225541) = 1.544397
+#   item 1: log(e^.1 + e^.3) = log(1.105171 + 1.349859) = 0.898139
+#   item 2: log(e^.2 + e^.1) = log(1.221403 + 1.105171) = 0.844397
+LSE = torch.tensor([1.544397, 0.898139, 0.844397])
+QUERIES = torch.tensor([[0.7, 0.6, 0.2],   # top-1 is item 0, in A  -> normalised
+                        [0.1, 0.2, 0.5]])  # top-1 is item 2, not in A -> kept
+
+
+def test_qbnorm_hand_example():
+    out = qbnorm(QUERIES, BANK, beta=1.0, k=1)
+    # row 0: [.7 - 1.544397, .6 - .898139, .2 - .844397] = [-0.844397, -0.298139, -0.644397]: hub 0 demoted
+    assert torch.allclose(out[0], torch.tensor([-0.844397, -0.298139, -0.644397]), atol=1e-5)
+    assert out[0].argmax().item() == 1
+    assert torch.equal(out[1], QUERIES[1])
+
+
+def test_qbnorm_k2_activates_more_items():
+    # k = 2: bank row 0 top-2 = {0, 2}, row 1 top-2 = {0, 1} -> A = {0, 1, 2}: row 1 is normalised too.
+    out = qbnorm(QUERIES, BANK, beta=1.0, k=2)
+    assert torch.allclose(out[1], QUERIES[1] - LSE, atol=1e-5)  # [-1.444397, -0.698139, -0.344397]
+
+
+def test_qbnorm_default_beta_matches_inverted_softmax_and_chunks():
+    torch.manual_seed(0)
+    q, bank = torch.randn(6, 5) * 0.3, torch.randn(40, 5) * 0.3
+    out = qbnorm(q, bank)
+    inverted = torch.log(torch.exp(20 * q) / torch.exp(20 * bank).sum(0))  # the paper's formula, beta = 20
+    active = torch.zeros(5, dtype=torch.bool)
+    active[bank.argmax(1)] = True
+    use = active[q.argmax(1)]
+    assert torch.allclose(out[use], inverted[use], atol=1e-4)
+    assert torch.equal(out[~use], q[~use])
+    # The bank may come in blocks; the result must not depend on the block size.
+    assert torch.allclose(qbnorm(q, bank, chunk=3), out, atol=1e-5)
+    assert torch.allclose(qbnorm(q, iter([bank[:7], bank[7:]])), out, atol=1e-5)
+
+
+def test_qbnorm_directions_and_errors():
+    texts_x_videos = QUERIES.T  # 3 texts x 2 videos; V2T queries are the 2 videos
+    out = qbnorm_v2t(texts_x_videos, BANK, beta=1.0)
+    assert out.shape == texts_x_videos.shape
+    assert torch.allclose(out, qbnorm(QUERIES, BANK, beta=1.0).T)
+    assert torch.allclose(qbnorm_t2v(QUERIES, BANK, beta=1.0), qbnorm(QUERIES, BANK, beta=1.0))
+    with pytest.raises(ValueError, match="gallery columns"):
+        qbnorm(QUERIES, BANK[:, :2])
+    with pytest.raises(ValueError, match="empty"):
+        qbnorm(QUERIES, BANK[:0])
+    with pytest.raises(ValueError, match="k must be"):
+        qbnorm(QUERIES, BANK, k=4)

@@ -1,0 +1,1 @@
+"""Alignment heads, contrastive losses and the fit loop over cached CLIP features."""
