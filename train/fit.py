@@ -24,19 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vtr.device import resolve_device
 from vtr.records import CacheTensors
 from vtr.train.heads import RetrievalHead, build_head, count_parameters, text_batch, video_batch
 from vtr.train.losses import dsl_loss, get_loss
 from vtr.train.runs import (BEST, CONFIG, CURVES, LAST, LOG, FitConfig, atomic_torch_save, atomic_write_bytes,
                             atomic_write_text, config_differences, read_record, run_record)
 
-__all__ = ["FitConfig", "fit", "fit_tensors", "resolve_device", "validate", "epoch_batches"]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["FitConfig", "fit", "fit_tensors", "validate", "epoch_batches"]
 
 
 def captions_by_video(data: CacheTensors) -> list[np.ndarray]:
