@@ -64,6 +64,8 @@ class CacheTensors:
     text_split: np.ndarray  # [M] str
     text_emb: np.ndarray  # [M, D] float16, frozen CLIP sentence embeddings (not normalised)
     attrs: dict = field(default_factory=dict)  # the cache's settings (model, fps, max_frames, ...)
+    phrase_emb: np.ndarray | None = None  # [M, 3, D] float16: action, entity, scene phrase embeddings
+    phrase_mask: np.ndarray | None = None  # [M, 3] bool, True where the caption has that phrase
 
     def select(self, split: str) -> "CacheTensors":
         """The subset of one split: its decodable videos and the captions that point at them.
@@ -86,6 +88,8 @@ class CacheTensors:
             text_split=self.text_split[keep_t],
             text_emb=self.text_emb[keep_t],
             attrs=dict(self.attrs),
+            phrase_emb=None if self.phrase_emb is None else self.phrase_emb[keep_t],
+            phrase_mask=None if self.phrase_mask is None else self.phrase_mask[keep_t],
         )
 
     @property

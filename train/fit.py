@@ -119,7 +119,7 @@ def train_epoch(head, train: CacheTensors, batches, loss_fn, optimizer, schedule
     total, count = 0.0, 0
     for videos, texts in batches:
         frames, mask = video_batch(train, videos, device)
-        loss = loss_fn(head(frames, mask, text_batch(train, texts, device)))
+        loss = head.training_loss(frames, mask, text_batch(train, texts, device), loss_fn)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

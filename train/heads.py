@@ -58,6 +58,10 @@ class RetrievalHead(nn.Module):
         t, gate = self.encode_text(text)
         return self.similarity(t, gate, self.encode_video(frames, mask))
 
+    def training_loss(self, frames, mask, text, loss_fn) -> torch.Tensor:
+        """The loss of one batch whose pairs sit on the diagonal; heads with extra terms override it."""
+        return loss_fn(self(frames, mask, text))
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over dim 1 of ``x`` [B, T, D] counting only positions where ``mask`` [B, T] is True."""
@@ -151,7 +155,14 @@ class SeqTransf(RetrievalHead):
 HEADS = {
     "meanP": lambda dim, max_frames, **options: MeanP(dim, **options),
     "seqTransf": lambda dim, max_frames, **options: SeqTransf(dim, max_frames, **options),
+    "camoe": lambda dim, max_frames, **options: _camoe(dim, max_frames, **options),
 }
+
+
+def _camoe(dim, max_frames, **options):
+    from vtr.train.camoe import CAMoE  # camoe.py builds on this module's Block
+
+    return CAMoE(dim, max_frames, **options)
 
 
 def build_head(name: str, dim: int, max_frames: int, **options) -> RetrievalHead:
@@ -182,4 +193,8 @@ def text_batch(data: CacheTensors, rows, device="cpu") -> dict[str, torch.Tensor
     """The text streams of the given caption rows, as the dict ``encode_text`` takes."""
     rows = np.asarray(rows)
     sentence = torch.from_numpy(np.asarray(data.text_emb[rows], dtype=np.float32)).to(device)
-    return {"sentence": sentence}
+    batch = {"sentence": sentence}
+    if data.phrase_emb is not None:  # action, entity, scene phrase streams (for CAMoE)
+        batch["phrases"] = torch.from_numpy(np.asarray(data.phrase_emb[rows], dtype=np.float32)).to(device)
+        batch["phrase_mask"] = torch.from_numpy(np.asarray(data.phrase_mask[rows], dtype=bool)).to(device)
+    return batch
