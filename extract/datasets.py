@@ -1,14 +1,23 @@
 """The dataset registry: a name (``--dataset``) -> a reader that returns a `vtr.records.Dataset`.
 
 A reader takes the dataset's folder and its options and returns the videos (id, file, split) and the
-captions, plus the protocol's defaults (max frames, evaluated split). It never decodes anything.
+captions, plus the protocol's defaults (max frames, max words, evaluated split). It never decodes anything.
+Real-dataset readers have the form ``read_<name>(root, annotations=None, *, <options>, check_videos=True)``;
+the layouts each accepts are described in its module (msvd, msrvtt, paragraphs, lsmdc, byo).
 """
 from __future__ import annotations
 
+import inspect
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from vtr.records import Dataset
+from vtr.extract.byo import read_byo
+from vtr.extract.lsmdc import read_lsmdc
+from vtr.extract.msrvtt import read_msrvtt
+from vtr.extract.msvd import read_msvd
+from vtr.extract.paragraphs import read_activitynet, read_didemo
+from vtr.records import SPLITS, Dataset
 
 
 def _synthetic(root: Path, n_videos: int = 300, seed: int = 0, progress: bool = True, **_) -> Dataset:
@@ -21,16 +30,65 @@ def _synthetic(root: Path, n_videos: int = 300, seed: int = 0, progress: bool = 
 
 READERS: dict[str, Callable[..., Dataset]] = {
     "synthetic": _synthetic,
+    "msvd": read_msvd,
+    "msrvtt": read_msrvtt,
+    "didemo": read_didemo,
+    "activitynet": read_activitynet,
+    "lsmdc": read_lsmdc,
+    "byo": read_byo,
 }
 
 DEFAULT_ROOTS = {"synthetic": Path("cache") / "synthetic"}
 
 
+def reader_options(name: str) -> set[str]:
+    """The keyword options reader ``name`` takes (beyond root)."""
+    params = inspect.signature(READERS[name]).parameters.values()
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD
+                                                                  and p.name != "root")}
+
+
 def load_dataset(name: str, root: Path | None = None, **options) -> Dataset:
-    """Read dataset ``name`` from ``root`` (its default folder when None)."""
+    """Read dataset ``name`` from ``root`` (its default folder when None).
+
+    Options a reader does not take are dropped when their value is None or the reader is given the
+    CLI's generic options (n_videos, seed, progress); any other unknown option is an error, so a
+    misspelt or misplaced option (``split_variant`` for msvd) is not silently ignored.
+    """
     if name not in READERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(READERS))}")
     root = Path(root) if root is not None else DEFAULT_ROOTS.get(name)
     if root is None:
         raise ValueError(f"--dataset {name} needs --root, the folder holding its videos and annotations")
+    takes = reader_options(name)
+    if name != "synthetic":
+        generic = {"n_videos", "seed", "progress"}
+        wrong = [k for k, v in options.items() if k not in takes and k not in generic and v is not None]
+        if wrong:
+            def flag(k):
+                return "--" + k.replace("_", "-")
+            raise ValueError(f"--dataset {name} does not take {', '.join(flag(k) for k in sorted(wrong))}; "
+                             f"its options: {', '.join(flag(k) for k in sorted(takes - {'check_videos'}))}")
+        options = {k: v for k, v in options.items() if k in takes and v is not None}
     return READERS[name](root, **options)
+
+
+def dataset_stats(ds: Dataset) -> dict:
+    """Counts per split, the missing videos, the protocol settings and any quirks the reader noted."""
+    videos = Counter(v.split for v in ds.videos)
+    captions = Counter(c.split for c in ds.captions)
+    splits = {s: {"videos": videos[s], "captions": captions[s]} for s in SPLITS if videos[s] or captions[s]}
+    for s, n in ds.sentences.items():  # paragraph datasets: how many sentences each split's paragraphs join
+        splits.setdefault(s, {"videos": 0, "captions": 0})["sentences"] = n
+    return {
+        "dataset": ds.name,
+        "splits": splits,
+        "videos": len(ds.videos),
+        "captions": len(ds.captions),
+        "missing_videos": len(ds.missing_videos),
+        "missing_examples": ds.missing_videos[:10],
+        "max_frames": ds.max_frames,
+        "max_words": ds.max_words,
+        "eval_split": ds.eval_split,
+        "notes": list(ds.notes),
+    }

@@ -126,6 +126,11 @@ def _caption(rng: np.random.Generator, shape: str, color: str, action: str, scen
     return text[0].upper() + text[1:]
 
 
+def canonical_caption(shape: str, color: str, action: str, scene: str) -> str:
+    """The plain caption of a combination, e.g. "A red circle moves to the left on the grass"."""
+    return _caption(np.random.default_rng(0), shape, color, action, scene, canonical=True)
+
+
 def clip_spec(seed: int, i: int, n_captions: int = 5) -> ClipSpec:
     """The spec of clip ``i`` of the dataset made from ``seed``: a pure function of (seed, i)."""
     rng = np.random.default_rng([seed, i])
@@ -133,7 +138,7 @@ def clip_spec(seed: int, i: int, n_captions: int = 5) -> ClipSpec:
     split = "train" if u < SPLIT_CUTS[0] else "val" if u < SPLIT_CUTS[1] else "test"
     shape, color, action, scene = (list(d)[rng.integers(len(d))] for d in (SHAPES, COLORS, ACTIONS, SCENES))
     variant = int(rng.integers(2**31))
-    captions = [_caption(rng, shape, color, action, scene, canonical=True)]
+    captions = [canonical_caption(shape, color, action, scene)]
     for _ in range(50 * n_captions):  # paraphrases, without repeats (there are always enough)
         if len(captions) == n_captions:
             break

@@ -15,6 +15,9 @@ A cache is one file, ``<name>.h5``, made by ``vtr extract`` for one dataset and 
     /texts/caption, split  [M] str
     /texts/video_id        [M] str      and /texts/video_index [M] int64, its row in /videos
     /texts/embedding       [M, D]       float16 CLIP sentence embeddings (not normalised)
+    /texts/parse           [M] str      the spaCy parse as JSON: action/entity/scene phrases and lemmas
+    /texts/phrase_embedding [M, 3, D]   float16 mean CLIP embedding of the action, entity, scene phrases
+    /texts/phrase_mask     [M, 3]       bool, True where the caption has a phrase of that stream
 
 Crash safety. HDF5 files are not safe to kill mid-write, so the main file is never written in place.
 A run appends its rows in small *part files* (``<name>.h5.parts/part-000001.h5``), each written to a
@@ -69,6 +72,9 @@ class TextRow:
     split: str
     caption: str
     embedding: np.ndarray  # [D]
+    parse: str = "{}"  # JSON of the caption's parse
+    phrase_emb: np.ndarray | None = None  # [3, D]: action, entity, scene (zeros where absent)
+    phrase_mask: np.ndarray | None = None  # [3] bool
 
 
 def parts_dir(path: Path) -> Path:
@@ -108,6 +114,9 @@ def _read_source(f: h5py.File) -> dict:
             "split": _read_str(t["split"]),
             "video_id": _read_str(t["video_id"]),
             "embedding": t["embedding"][()],
+            "parse": _read_str(t["parse"]),
+            "phrase_embedding": t["phrase_embedding"][()],
+            "phrase_mask": t["phrase_mask"][()],
         },
     }
 
@@ -189,6 +198,8 @@ def read_cache(path) -> CacheTensors:
         text_split=np.asarray(t["split"], dtype=object),
         text_emb=t["embedding"],
         attrs=dict(settings, path=str(path)),
+        phrase_emb=t["phrase_embedding"],
+        phrase_mask=t["phrase_mask"],
     )
 
 
@@ -237,12 +248,15 @@ def _write_file(path: Path, settings: dict, videos: dict, texts: dict, max_frame
         g.create_dataset("status", data=np.asarray(videos["status"], dtype=np.int8))
         g.create_dataset("duration", data=np.asarray(videos["duration"], dtype=np.float32))
         g = f.create_group("texts")
-        for k in ("ids", "caption", "split", "video_id"):
+        for k in ("ids", "caption", "split", "video_id", "parse"):
             g.create_dataset(k, data=texts[k], dtype=_STR)
         row_of = {vid: i for i, vid in enumerate(videos["ids"])}
         g.create_dataset("video_index", data=np.asarray(
             [row_of.get(vid, -1) for vid in texts["video_id"]], dtype=np.int64))
-        g.create_dataset("embedding", data=texts["embedding"].reshape(len(texts["ids"]), dim).astype(np.float16))
+        m = len(texts["ids"])
+        g.create_dataset("embedding", data=texts["embedding"].reshape(m, dim).astype(np.float16))
+        g.create_dataset("phrase_embedding", data=texts["phrase_embedding"].reshape(m, 3, dim).astype(np.float16))
+        g.create_dataset("phrase_mask", data=texts["phrase_mask"].reshape(m, 3).astype(bool))
         f.flush()
     with open(tmp, "rb+") as fh:  # make the bytes durable before the rename makes them visible
         os.fsync(fh.fileno())
@@ -374,11 +388,18 @@ class CacheWriter:
             "frames": frames, "mask": mask,
             "status": [r.status for r in vrows], "duration": [r.duration for r in vrows],
         }
+        m = len(trows)
         emb = np.stack([r.embedding for r in trows]) if trows else np.zeros((0, D), np.float16)
+        phrase_emb = np.zeros((m, 3, D), np.float16)
+        phrase_mask = np.zeros((m, 3), bool)
+        for i, r in enumerate(trows):
+            if r.phrase_emb is not None:
+                phrase_emb[i], phrase_mask[i] = r.phrase_emb, r.phrase_mask
         texts = {
             "ids": [r.id for r in trows], "caption": [r.caption for r in trows],
             "split": [r.split for r in trows], "video_id": [r.video_id for r in trows],
-            "embedding": emb,
+            "embedding": emb, "parse": [r.parse for r in trows],
+            "phrase_embedding": phrase_emb, "phrase_mask": phrase_mask,
         }
         return videos, texts
 

@@ -42,10 +42,23 @@ def main():
 
 
 @main.command()
-@click.option("--dataset", "dataset_name", required=True, help="Dataset to read (synthetic: built in, made on demand).")
+@click.option("--dataset", "dataset_name", required=True,
+              help="Dataset to read: msvd, msrvtt, didemo, activitynet, lsmdc, byo (your own CSV/JSONL), or "
+                   "synthetic (built in, made on demand).")
 @click.option("--root", type=click.Path(path_type=Path), help="The dataset's folder (videos and annotations). "
               "Default for synthetic: cache/synthetic.")
-@click.option("--out", type=click.Path(path_type=Path), help="Cache file to write or update. Default: cache/<dataset>.h5.")
+@click.option("--annotations", type=click.Path(path_type=Path, exists=True),
+              help="Folder (or, for byo, file) holding the annotations. Default: found under --root.")
+@click.option("--videos", type=click.Path(path_type=Path),
+              help="Folder of the videos, relative to --root. Default: the dataset's usual one (e.g. YouTubeClips).")
+@click.option("--split-variant", type=click.Choice(["9k", "7k", "full"]),
+              help="msrvtt only: 9k (default; 1k-A test), 7k (1k-A test) or full (official 6513/497/2990).")
+@click.option("--use-lists", is_flag=True, default=None,
+              help="didemo only: keep only the videos named in {train,val,test}_list.txt (CLIP4Clip's choice).")
+@click.option("--default-split", type=click.Choice(["train", "val", "test"]),
+              help="byo only: the split of rows that name none. Default: test.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Cache file to write or update. Default: cache/<dataset>.h5 (msrvtt: cache/msrvtt-<variant>.h5).")
 @click.option("--clip", "clip_spec", default="ViT-B/32", show_default=True,
               help="CLIP model: an OpenAI name (weights in --clip-cache), a checkpoint path, or random:tiny "
                    "(random weights for offline tests: not meaningful for real retrieval).")
@@ -53,7 +66,8 @@ def main():
               help="Folder holding OpenAI's CLIP weight files. Default: $VTR_CLIP_CACHE or ~/.cache/clip.")
 @click.option("--device", default="auto", show_default=True, help="auto (GPU in fp16 when there is one), cpu or cuda[:N].")
 @click.option("--fps", default=1.0, show_default=True, help="Frames sampled per second before the uniform choice.")
-@click.option("--max-frames", type=int, help="Frames kept per video, chosen uniformly. Default: the dataset's protocol (12).")
+@click.option("--max-frames", type=int, help="Frames kept per video, chosen uniformly. Default: the dataset's protocol "
+              "(12; 64 for didemo and activitynet).")
 @click.option("--workers", type=int, help="Parallel ffmpeg decode workers. Default: one per core.")
 @click.option("--batch-frames", default=256, show_default=True, help="Frames per CLIP image batch.")
 @click.option("--flush-every", default=64, show_default=True,
@@ -62,8 +76,9 @@ def main():
 @click.option("--n-videos", default=300, show_default=True, help="synthetic only: how many clips to make.")
 @click.option("--seed", default=0, show_default=True, help="synthetic only: the seed the clips are made from.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def extract(dataset_name, root, out, clip_spec, clip_cache, device, fps, max_frames, workers, batch_frames,
-            flush_every, retry_failed, n_videos, seed, quiet):
+def extract(dataset_name, root, annotations, videos, split_variant, use_lists, default_split, out, clip_spec,
+            clip_cache, device, fps, max_frames, workers, batch_frames, flush_every, retry_failed, n_videos, seed,
+            quiet):
     """Decode videos with ffmpeg, encode frames and captions with frozen CLIP, write the HDF5 cache.
 
     Rerunning does only what is missing: videos and captions already in the cache are skipped, a run
@@ -74,9 +89,13 @@ def extract(dataset_name, root, out, clip_spec, clip_cache, device, fps, max_fra
     from vtr.extract.datasets import load_dataset
     from vtr.extract_stage import run_extract
 
-    out = out or CACHE_DIR / f"{dataset_name}.h5"
     try:
-        dataset = load_dataset(dataset_name, root, n_videos=n_videos, seed=seed, progress=not quiet)
+        dataset = load_dataset(dataset_name, root, n_videos=n_videos, seed=seed, progress=not quiet,
+                               annotations=annotations, videos=videos, split_variant=split_variant,
+                               use_lists=use_lists, default_split=default_split)
+        # The dataset's name carries what changes its splits (msrvtt-9k vs msrvtt-full): one cache each.
+        out = out or CACHE_DIR / f"{dataset.name}.h5"
+        _report_dataset(dataset, root)
         encoder = load_clip(clip_spec, device=device, download_root=clip_cache)
         stats = run_extract(dataset, encoder, out, fps=fps, max_frames=max_frames, workers=workers,
                             batch_frames=batch_frames, flush_every=flush_every, retry_failed=retry_failed,
@@ -90,6 +109,18 @@ def extract(dataset_name, root, out, clip_spec, clip_cache, device, fps, max_fra
         click.echo(f"{out}: decoded {stats.videos_decoded} videos ({stats.videos_failed} failed, "
                    f"{stats.videos_cached} already cached), encoded {stats.frames_encoded} frames and "
                    f"{stats.captions_encoded} captions in {stats.seconds:.1f}s")
+
+
+def _report_dataset(dataset, root) -> None:
+    """Say what was read, and which videos the annotations name but the disk lacks (they are skipped)."""
+    for note in dataset.notes:
+        _log(f"note: {note}")
+    if dataset.missing_videos:
+        shown = ", ".join(dataset.missing_videos[:5]) + (", ..." if len(dataset.missing_videos) > 5 else "")
+        _log(f"{len(dataset.missing_videos)} videos named in the annotations are missing under {root}; "
+             f"skipped with their captions: {shown}")
+    _log(f"{dataset.name}: {len(dataset.videos)} videos, {len(dataset.captions)} captions; protocol: "
+         f"{dataset.max_frames} frames, {dataset.max_words} words, evaluated split {dataset.eval_split}")
 
 
 # ----------------------------------------------------------------------------- fit
@@ -168,12 +199,29 @@ def eval_(run_dir, cache_path, zero_shot, split, dsl, qbnorm, json_path, device)
 
 
 @main.command()
-@click.argument("cache_path", type=click.Path(path_type=Path))
+@click.argument("cache_path", type=click.Path(path_type=Path), required=False)
+@click.option("--dataset", "dataset_name", help="Instead of a cache: a dataset's statistics from its annotations.")
+@click.option("--annotations", type=click.Path(path_type=Path, exists=True),
+              help="With --dataset: the annotations folder (or byo file). Default: found under --root.")
+@click.option("--root", type=click.Path(path_type=Path),
+              help="With --dataset: the dataset's folder; given, videos missing on disk are counted.")
+@click.option("--split-variant", type=click.Choice(["9k", "7k", "full"]), help="msrvtt only (default 9k).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the summary as JSON here.")
-def info(cache_path, json_path):
-    """What a cache holds: settings, videos and captions per split, failed videos."""
+def info(cache_path, dataset_name, annotations, root, split_variant, json_path):
+    """What a cache holds (settings, videos and captions per split, failed videos), or, with --dataset,
+    what a dataset's annotations hold (videos and captions per split, videos missing under --root).
+
+    \b
+    vtr info cache/msvd.h5
+    vtr info --dataset msvd --annotations DIR [--root DIR] [--json stats.json]
+    """
     from vtr.cache import CacheError, cache_summary
 
+    if (cache_path is None) == (dataset_name is None):
+        raise click.UsageError("give a cache file, or --dataset with --annotations and/or --root (not both)")
+    if dataset_name is not None:
+        _dataset_info(dataset_name, annotations, root, split_variant, json_path)
+        return
     try:
         s = cache_summary(cache_path)
     except CacheError as e:
@@ -197,6 +245,34 @@ def info(cache_path, json_path):
         json_path.write_text(json.dumps(s, indent=2))
 
 
+def _dataset_info(name, annotations, root, split_variant, json_path) -> None:
+    from vtr.extract.datasets import dataset_stats, load_dataset
+
+    if annotations is None and root is None:
+        raise click.UsageError("--dataset needs --annotations DIR, --root DIR, or both")
+    try:
+        # Without --root there is no videos folder to check: statistics of the annotations alone.
+        ds = load_dataset(name, root or annotations, annotations=annotations, check_videos=root is not None,
+                          split_variant=split_variant)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    stats = dataset_stats(ds)
+    stats["videos_checked"] = root is not None
+    click.echo(f"{ds.name}: {stats['videos']} videos, {stats['captions']} captions; protocol: {ds.max_frames} "
+               f"frames, {ds.max_words} words, evaluated split {ds.eval_split}")
+    for split, c in stats["splits"].items():
+        extra = f" ({c['sentences']} sentences joined)" if "sentences" in c else ""
+        click.echo(f"  {split:>6}: {c['videos']} videos, {c['captions']} captions{extra}")
+    if root is not None:
+        click.echo(f"  missing: {stats['missing_videos']} videos named in the annotations are not under {root}"
+                   + (f" (e.g. {', '.join(stats['missing_examples'][:3])})" if stats["missing_videos"] else ""))
+    for note in stats["notes"]:
+        click.echo(f"  note: {note}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(stats, indent=2))
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -218,6 +294,82 @@ def demo(out, workdir, n_videos, epochs, seed, device, quiet):
     click.echo(text)
     if out:
         click.echo(f"\nwrote {Path(out) / 'demo.json'}")
+
+
+# ----------------------------------------------------------------------------- parse
+
+
+def _read_caption_lines(path: Path) -> list[str]:
+    """One caption a line (UTF-8, blank lines skipped); '-' reads stdin."""
+    stream = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
+    captions = []
+    with stream:
+        for n, raw in enumerate(stream, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise click.ClickException(f"{path}:{n}: not UTF-8 ({e.reason})") from None
+            if line:
+                captions.append(line)
+    return captions
+
+
+@main.command(name="parse")
+@click.argument("caption", required=False)
+@click.option("--jsonl", "jsonl_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="Parse a file with one caption a line ('-': stdin; blank lines skipped) and write one JSON "
+                   "object a line: caption, action, entity, scene and their *_lemmas.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --jsonl: write the JSON lines to this file instead of stdout.")
+@click.option("--workers", type=int, help="With --jsonl: parser processes. Default: one per core, used only "
+                                          "when each gets at least 2,000 captions.")
+@click.option("--batch-size", default=512, show_default=True, help="Captions per nlp.pipe batch.")
+@click.option("--tree", is_flag=True, help="Also show the dependency parse (JSON: a 'tree' field).")
+@click.option("--quiet", is_flag=True, help="No progress bar on stderr.")
+def parse_cmd(caption, jsonl_path, out, workers, batch_size, tree, quiet):
+    """Split captions into action, entity and scene phrases with spaCy (the CAMoE text streams).
+
+    \b
+    vtr parse "a man is slicing a tomato in the kitchen"
+    vtr parse --jsonl captions.txt --out parses.jsonl
+
+    Actions are content verbs with particles, objects and directions; entities are the participants'
+    noun phrases; scenes are where it happens. The lemmas are the heads. Rules: vtr/extract/parse.py.
+    """
+    from vtr.extract.parse import PARSER_VERSION, STREAMS, parse_captions
+
+    if (caption is None) == (jsonl_path is None):
+        raise click.UsageError("give a CAPTION or --jsonl FILE (one of the two)")
+    if out and not jsonl_path:
+        raise click.UsageError("--out goes with --jsonl")
+    try:
+        if caption is not None:
+            p = parse_captions([caption], batch_size=batch_size)[0]
+            click.echo(f"caption  {caption}")
+            for s in STREAMS:
+                pairs = list(zip(getattr(p, s), getattr(p, f"{s}_lemmas")))
+                lines = [f"{phrase}  [{lemma}]" for phrase, lemma in pairs] or ["(none)"]
+                for i, line in enumerate(lines):
+                    click.echo(f"{s if i == 0 else '':<8} {line}")
+            if tree:
+                click.echo("parse    (index, text, lemma, tag, dep, head)")
+                click.echo("\n".join("         " + row for row in p.tree.splitlines()))
+            return
+        if not (str(jsonl_path) == "-" or jsonl_path.is_file()):
+            raise click.ClickException(f"{jsonl_path}: no such file")
+        captions = _read_caption_lines(jsonl_path)
+        parses = parse_captions(captions, batch_size=batch_size, n_process=workers, progress=not quiet)
+    except RuntimeError as e:  # the spaCy model is missing
+        _fail(e)
+    sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+    try:
+        for text, p in zip(captions, parses):
+            sink.write(json.dumps(p.to_dict(text, tree=tree), ensure_ascii=False) + "\n")
+    finally:
+        if out:
+            sink.close()
+    if out:
+        _log(f"wrote {len(parses)} parses to {out} (parser rules v{PARSER_VERSION})")
 
 
 if __name__ == "__main__":

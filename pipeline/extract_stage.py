@@ -1,5 +1,9 @@
 """The extract stage: dataset -> decoded frames -> frozen CLIP -> HDF5 cache, incrementally.
 
+Captions are parsed with spaCy into action, entity and scene phrases (vtr.extract.parse) and encoded with
+the same frozen CLIP text tower: the sentence, and each distinct phrase once; a stream's embedding is the
+mean of its phrases' embeddings. Parses and phrase embeddings are cached, so a rerun never parses again.
+
 Work is keyed by id: a video or caption already in the cache (or in a part an interrupted run left) is
 never decoded or encoded again, so rerunning after a kill, or after adding videos, does only what is
 missing. Decoding runs in worker threads (each drives its own ffmpeg process, so the work happens outside
@@ -7,6 +11,7 @@ the GIL) a bounded window ahead of the main thread, which batches frames from se
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import deque
@@ -38,11 +43,20 @@ class ExtractStats:
     captions: int = 0
     captions_cached: int = 0
     captions_encoded: int = 0
+    phrases_encoded: int = 0  # distinct phrases sent through CLIP
     frames_encoded: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _parser_setting() -> str:
+    """The rule set and spaCy pipeline the phrases came from: changing either makes a new cache."""
+    from vtr.extract.parse import PARSER_VERSION, load_nlp
+
+    meta = load_nlp().meta
+    return f"vtr parser {PARSER_VERSION}; spaCy pipeline {meta['lang']}_{meta['name']} {meta['version']}"
 
 
 def cache_settings(dataset: Dataset, encoder: ClipEncoder, fps: float) -> dict:
@@ -57,6 +71,7 @@ def cache_settings(dataset: Dataset, encoder: ClipEncoder, fps: float) -> dict:
         "sampling": SAMPLING.format(fps=fps),
         "preprocessing": PREPROCESSING.format(r=encoder.resolution),
         "text": "CLIP BPE tokenizer, 77-token context, truncated",
+        "parser": _parser_setting(),
     }
 
 
@@ -119,21 +134,63 @@ def _extract_videos(todo, writer, encoder, fps, max_frames, workers, batch_frame
     bar.close()
 
 
+def _encode_sorted(encoder: ClipEncoder, texts: list[str], batch_size: int, bar=None) -> np.ndarray:
+    """CLIP text embeddings of ``texts`` [N, D], batching texts of similar length (less padding to read)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    emb = np.zeros((len(texts), encoder.dim), np.float16)
+    for b in range(0, len(order), batch_size):
+        rows = order[b:b + batch_size]
+        emb[rows] = encoder.encode_texts([texts[i] for i in rows])
+        if bar is not None:
+            bar.update(len(rows))
+    return emb
+
+
+@dataclass
+class EncodedCaptions:
+    """Everything the cache stores for a list of captions (rows in the order given)."""
+
+    sentence: np.ndarray  # [N, D] float16
+    parses: list  # [N] vtr.extract.parse.Parse
+    phrases: np.ndarray  # [N, 3, D] float16: mean embedding of the action, entity, scene phrases
+    phrase_mask: np.ndarray  # [N, 3] bool
+    new_phrases: int  # distinct phrases this call sent through CLIP
+
+
+def encode_captions(encoder: ClipEncoder, texts: list[str], batch_size: int = 256,
+                    phrase_memo: dict[str, np.ndarray] | None = None, bar=None) -> EncodedCaptions:
+    """Parse ``texts`` and encode the sentences and their phrases with CLIP.
+
+    Each distinct phrase is encoded once: ``phrase_memo`` (phrase -> embedding) carries them across calls.
+    """
+    from vtr.extract.parse import parse_captions
+
+    memo = {} if phrase_memo is None else phrase_memo
+    parses = parse_captions(texts)
+    new = sorted({p for pr in parses for p in (*pr.action, *pr.entity, *pr.scene)} - memo.keys())
+    memo.update(zip(new, _encode_sorted(encoder, new, batch_size)))
+    phrases = np.zeros((len(texts), 3, encoder.dim), np.float16)
+    mask = np.zeros((len(texts), 3), bool)
+    for i, pr in enumerate(parses):
+        for k, stream in enumerate((pr.action, pr.entity, pr.scene)):
+            if stream:
+                phrases[i, k] = np.mean([memo[p].astype(np.float32) for p in stream], axis=0)
+                mask[i, k] = True
+    return EncodedCaptions(_encode_sorted(encoder, texts, batch_size, bar), parses, phrases, mask, len(new))
+
+
 def _extract_texts(todo, writer, encoder, batch_size, stats, progress):
     bar = tqdm(total=len(todo), desc="captions", unit="caption", disable=not progress)
+    memo: dict[str, np.ndarray] = {}
     chunk = 16 * batch_size
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        # Batch captions of similar length together: CLIP then reads fewer padding tokens.
-        order = sorted(range(len(part)), key=lambda i: len(part[i].text))
-        emb = np.zeros((len(part), encoder.dim), np.float16)
-        for b in range(0, len(order), batch_size):
-            rows = order[b:b + batch_size]
-            emb[rows] = encoder.encode_texts([part[i].text for i in rows])
-            bar.update(len(rows))
-        for c, e in zip(part, emb):  # written in dataset order, whatever the encoding order was
-            writer.add_text(TextRow(c.id, c.video_id, c.split, c.text, e))
+        enc = encode_captions(encoder, [c.text for c in part], batch_size, memo, bar)
+        for i, c in enumerate(part):  # written in dataset order, whatever the encoding order was
+            writer.add_text(TextRow(c.id, c.video_id, c.split, c.text, enc.sentence[i],
+                                    json.dumps(enc.parses[i].to_dict(c.text, tree=True)), enc.phrases[i], enc.phrase_mask[i]))
         stats.captions_encoded += len(part)
+        stats.phrases_encoded += enc.new_phrases
     bar.close()
 
 

@@ -43,6 +43,9 @@ class Dataset:
     max_frames: int = 12
     eval_split: str = "test"
     missing_videos: list[str] = field(default_factory=list)
+    max_words: int = 32  # the protocol's caption length in tokens (CLIP4Clip: 32; 64 for paragraphs)
+    notes: list[str] = field(default_factory=list)  # quirks the reader met and tolerated, for `vtr info`
+    sentences: dict[str, int] = field(default_factory=dict)  # paragraph datasets: sentences joined, per split
 
 
 @dataclass

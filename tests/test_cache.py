@@ -131,3 +131,22 @@ def test_not_a_cache(tmp_path):
         read_cache(bad)
     with pytest.raises(CacheError, match="no such cache"):
         read_cache(tmp_path / "missing.h5")
+
+
+def test_phrases_round_trip(tmp_path):
+    path = tmp_path / "toy.h5"
+    phrase_emb = np.arange(3 * D, dtype=np.float16).reshape(3, D)
+    row = TextRow("v0#0", "v0", "train", "a man slices a tomato in the kitchen", np.ones(D, np.float16),
+                  parse='{"action": ["slices a tomato"], "entity": ["a man"], "scene": []}',
+                  phrase_emb=phrase_emb, phrase_mask=np.array([True, True, False]))
+    with CacheWriter(path, SETTINGS, max_frames=T, dim=D) as w:
+        w.add_video(video(0))
+        w.add_text(row)
+        w.add_text(text(0, 1))  # no parse given: no phrases
+        w.commit()
+    data = read_cache(path)
+    np.testing.assert_array_equal(data.phrase_emb[0], phrase_emb)
+    np.testing.assert_array_equal(data.phrase_mask, [[True, True, False], [False, False, False]])
+    with h5py.File(path) as f:
+        assert f["texts/parse"].asstr()[0] == row.parse
+    assert data.select("train").phrase_emb.shape == (2, 3, D)

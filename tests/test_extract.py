@@ -1,6 +1,7 @@
 """The extract stage end to end on real (synthetic) video files: incremental, failure-tolerant, kill-safe."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -40,8 +41,21 @@ def test_extract_then_rerun_does_nothing(tmp_path, synthetic_root, tiny_clip):
     np.testing.assert_allclose(data.text_emb[:3].astype(np.float32),
                                tiny_clip.encode_texts(data.captions[:3]).astype(np.float32), atol=2e-3)
 
+    # Every synthetic caption names a shape, a motion and a background: all three streams are there.
+    assert data.phrase_emb.shape == (len(ds.captions), 3, tiny_clip.dim)
+    assert data.phrase_mask.mean(0).min() > 0.9
+    import h5py
+    with h5py.File(out) as f:
+        parse = json.loads(f["texts/parse"].asstr()[0])
+    assert parse["caption"] == data.captions[0] and parse["action"] and parse["entity"] and parse["tree"]
+    # Each distinct phrase went through CLIP once; the stream embedding is the mean of its phrases'.
+    assert first.phrases_encoded >= len(set(parse["action"] + parse["entity"] + parse["scene"]))
+    want = tiny_clip.encode_texts(parse["entity"]).astype(np.float32).mean(0)
+    np.testing.assert_allclose(data.phrase_emb[0, 1].astype(np.float32), want, atol=2e-3)
+
     second = run_extract(ds, tiny_clip, out, **QUIET)
     assert (second.videos_decoded, second.captions_encoded, second.frames_encoded) == (0, 0, 0)
+    assert second.phrases_encoded == 0  # nothing parsed or encoded again
     assert (second.videos_cached, second.captions_cached) == (24, len(ds.captions))
 
 
