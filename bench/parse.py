@@ -6,8 +6,8 @@ Measured in one run:
 - baseline: ``spacy.load(model)`` with every component (NER too), one process, ``nlp.pipe`` over a
   sample of the captions (the first ``--sample``), Docs only, no phrase rules;
 - ours, one process, on the same sample: the pruned pipeline plus the phrase rules and verb repair;
-- ours on every caption (each distinct text parsed once) with ``--workers`` processes (default: one per core), the figure that counts
-  (target: under 90 s on 2 cores).
+- ours on every caption (each distinct text parsed once) with ``--workers`` processes (default: one
+  per core): the figure that counts (target: under 90 s on 2 cores).
 Model loading is timed apart from parsing. Captions come from the S2VT text files (``vidN<TAB>caption``).
 """
 from __future__ import annotations
@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     assert len(parses) == len(captions)
 
     res = {
-        "captions": len(captions), "distinct": len(set(" ".join(c.split()) for c in captions)), "words": n_words, "sample": len(sample), "workers": workers,
+        "captions": len(captions), "distinct": len(set(" ".join(c.split()) for c in captions)),
+        "words": n_words, "sample": len(sample), "workers": workers,
         "model": P.MODEL_NAME, "parser_version": P.PARSER_VERSION,
         "components_baseline": ",".join(spacy.load(P.MODEL_NAME).pipe_names),
         "components_ours": ",".join(P.load_nlp().pipe_names),

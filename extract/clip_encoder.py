@@ -104,16 +104,22 @@ class ClipEncoder:
         return self.model.encode_image((x - mean) / std).float().cpu().numpy().astype(np.float16)
 
     @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
+    def encode_texts(self, texts: list[str], max_tokens: int = 77) -> np.ndarray:
         """Captions -> float16 embeddings [B, D], read at the batch's real token length.
 
+        ``max_tokens`` counts the start and end tokens, as CLIP4Clip's ``max_words`` does: a longer caption
+        keeps its first ``max_tokens - 2`` words' tokens and gets the end token after them.
         CLIP's text attention is causal and the embedding is read at the end-of-text token, so cutting
         the 77-token context to the longest caption in the batch gives the same embeddings, much faster.
-        Captions longer than 77 tokens are truncated, as CLIP's tokenizer does with truncate=True.
         """
         clip = _import_clip()
         tokens = clip.tokenize(texts, truncate=True)
-        length = int(tokens.argmax(dim=-1).max()) + 1  # end-of-text has the largest token id
+        eot = tokens.max()  # end-of-text has the largest token id
+        if max_tokens < tokens.shape[1]:
+            long = tokens[:, max_tokens - 1] != 0
+            tokens = tokens[:, :max_tokens].clone()
+            tokens[long, max_tokens - 1] = eot
+        length = int(tokens.argmax(dim=-1).max()) + 1
         tokens = tokens[:, :length].to(self.device)
         return self.model.encode_text(tokens).float().cpu().numpy().astype(np.float16)
 

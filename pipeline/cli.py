@@ -68,6 +68,8 @@ def main():
 @click.option("--fps", default=1.0, show_default=True, help="Frames sampled per second before the uniform choice.")
 @click.option("--max-frames", type=int, help="Frames kept per video, chosen uniformly. Default: the dataset's protocol "
               "(12; 64 for didemo and activitynet).")
+@click.option("--max-words", type=int, help="Caption length in CLIP tokens, start and end included (CLIP4Clip's max_words). "
+              "Default: the dataset's protocol (32; 64 for paragraph datasets).")
 @click.option("--workers", type=int, help="Parallel ffmpeg decode workers. Default: one per core.")
 @click.option("--batch-frames", default=256, show_default=True, help="Frames per CLIP image batch.")
 @click.option("--flush-every", default=64, show_default=True,
@@ -77,8 +79,8 @@ def main():
 @click.option("--seed", default=0, show_default=True, help="synthetic only: the seed the clips are made from.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def extract(dataset_name, root, annotations, videos, split_variant, use_lists, default_split, out, clip_spec,
-            clip_cache, device, fps, max_frames, workers, batch_frames, flush_every, retry_failed, n_videos, seed,
-            quiet):
+            clip_cache, device, fps, max_frames, max_words, workers, batch_frames, flush_every, retry_failed,
+            n_videos, seed, quiet):
     """Decode videos with ffmpeg, encode frames and captions with frozen CLIP, write the HDF5 cache.
 
     Rerunning does only what is missing: videos and captions already in the cache are skipped, a run
@@ -97,8 +99,8 @@ def extract(dataset_name, root, annotations, videos, split_variant, use_lists, d
         out = out or CACHE_DIR / f"{dataset.name}.h5"
         _report_dataset(dataset, root)
         encoder = load_clip(clip_spec, device=device, download_root=clip_cache)
-        stats = run_extract(dataset, encoder, out, fps=fps, max_frames=max_frames, workers=workers,
-                            batch_frames=batch_frames, flush_every=flush_every, retry_failed=retry_failed,
+        stats = run_extract(dataset, encoder, out, fps=fps, max_frames=max_frames, max_words=max_words,
+                            workers=workers, batch_frames=batch_frames, flush_every=flush_every, retry_failed=retry_failed,
                             progress=not quiet, log=_log)
     except (ClipWeightsMissing, CacheError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(e)

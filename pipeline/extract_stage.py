@@ -59,7 +59,7 @@ def _parser_setting() -> str:
     return f"vtr parser {PARSER_VERSION}; spaCy pipeline {meta['lang']}_{meta['name']} {meta['version']}"
 
 
-def cache_settings(dataset: Dataset, encoder: ClipEncoder, fps: float) -> dict:
+def cache_settings(dataset: Dataset, encoder: ClipEncoder, fps: float, max_words: int) -> dict:
     """The settings that define a cache: two runs may share a file only when these are equal."""
     return {
         "dataset": dataset.name,
@@ -70,7 +70,8 @@ def cache_settings(dataset: Dataset, encoder: ClipEncoder, fps: float) -> dict:
         "fps": float(fps),
         "sampling": SAMPLING.format(fps=fps),
         "preprocessing": PREPROCESSING.format(r=encoder.resolution),
-        "text": "CLIP BPE tokenizer, 77-token context, truncated",
+        "text": "CLIP BPE tokenizer; captions cut to max_words tokens, start and end tokens included",
+        "max_words": int(max_words),
         "parser": _parser_setting(),
     }
 
@@ -134,13 +135,14 @@ def _extract_videos(todo, writer, encoder, fps, max_frames, workers, batch_frame
     bar.close()
 
 
-def _encode_sorted(encoder: ClipEncoder, texts: list[str], batch_size: int, bar=None) -> np.ndarray:
+def _encode_sorted(encoder: ClipEncoder, texts: list[str], batch_size: int, bar=None,
+                   max_tokens: int = 77) -> np.ndarray:
     """CLIP text embeddings of ``texts`` [N, D], batching texts of similar length (less padding to read)."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     emb = np.zeros((len(texts), encoder.dim), np.float16)
     for b in range(0, len(order), batch_size):
         rows = order[b:b + batch_size]
-        emb[rows] = encoder.encode_texts([texts[i] for i in rows])
+        emb[rows] = encoder.encode_texts([texts[i] for i in rows], max_tokens)
         if bar is not None:
             bar.update(len(rows))
     return emb
@@ -158,7 +160,8 @@ class EncodedCaptions:
 
 
 def encode_captions(encoder: ClipEncoder, texts: list[str], batch_size: int = 256,
-                    phrase_memo: dict[str, np.ndarray] | None = None, bar=None) -> EncodedCaptions:
+                    phrase_memo: dict[str, np.ndarray] | None = None, bar=None,
+                    max_words: int = 77) -> EncodedCaptions:
     """Parse ``texts`` and encode the sentences and their phrases with CLIP.
 
     Each distinct phrase is encoded once: ``phrase_memo`` (phrase -> embedding) carries them across calls.
@@ -176,16 +179,17 @@ def encode_captions(encoder: ClipEncoder, texts: list[str], batch_size: int = 25
             if stream:
                 phrases[i, k] = np.mean([memo[p].astype(np.float32) for p in stream], axis=0)
                 mask[i, k] = True
-    return EncodedCaptions(_encode_sorted(encoder, texts, batch_size, bar), parses, phrases, mask, len(new))
+    sentence = _encode_sorted(encoder, texts, batch_size, bar, max_words)
+    return EncodedCaptions(sentence, parses, phrases, mask, len(new))
 
 
-def _extract_texts(todo, writer, encoder, batch_size, stats, progress):
+def _extract_texts(todo, writer, encoder, batch_size, max_words, stats, progress):
     bar = tqdm(total=len(todo), desc="captions", unit="caption", disable=not progress)
     memo: dict[str, np.ndarray] = {}
     chunk = 16 * batch_size
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        enc = encode_captions(encoder, [c.text for c in part], batch_size, memo, bar)
+        enc = encode_captions(encoder, [c.text for c in part], batch_size, memo, bar, max_words)
         for i, c in enumerate(part):  # written in dataset order, whatever the encoding order was
             writer.add_text(TextRow(c.id, c.video_id, c.split, c.text, enc.sentence[i],
                                     json.dumps(enc.parses[i].to_dict(c.text, tree=True)), enc.phrases[i], enc.phrase_mask[i]))
@@ -201,6 +205,7 @@ def run_extract(
     *,
     fps: float = 1.0,
     max_frames: int | None = None,
+    max_words: int | None = None,
     workers: int | None = None,
     batch_frames: int = 256,
     text_batch: int = 256,
@@ -212,9 +217,10 @@ def run_extract(
     """Bring the cache at ``out`` up to date with ``dataset``; return what was done."""
     t0 = time.time()
     max_frames = max_frames or dataset.max_frames
+    max_words = max_words or dataset.max_words
     workers = workers or max(1, os.cpu_count() or 1)
     stats = ExtractStats(videos=len(dataset.videos), captions=len(dataset.captions))
-    settings = cache_settings(dataset, encoder, fps)
+    settings = cache_settings(dataset, encoder, fps, max_words)
     with CacheWriter(out, settings, max_frames=max_frames, dim=encoder.dim, flush_every=flush_every) as w:
         known = w.video_status
         todo_v = [v for v in dataset.videos
@@ -229,7 +235,7 @@ def run_extract(
         stats.captions_cached = stats.captions - len(todo_t)
         if todo_t:
             log(f"encoding {len(todo_t)} captions ({stats.captions_cached} already cached)")
-            _extract_texts(todo_t, w, encoder, text_batch, stats, progress)
+            _extract_texts(todo_t, w, encoder, text_batch, max_words, stats, progress)
         # Fold this run's parts, and any an interrupted run left, into the main file (no-op if none).
         w.commit()
     stats.seconds = time.time() - t0
