@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from pathlib import Path
 
-from vtr.extract.paths import AnnotationError, DatasetBuilder, check_id, first_existing, read_lines, videos_folder
+from vtr.extract.paths import (AnnotationError, DatasetBuilder, check_id, first_existing, load_json, read_lines,
+                              videos_folder)
 from vtr.records import Dataset
 
 MERGED = "MSRVTT_data.json"
@@ -73,14 +73,6 @@ def read_msrvtt(root: Path, annotations: Path | None = None, *, split_variant: s
     return b.build(max_frames=12, max_words=32, eval_split="test")
 
 
-def _load_json(path: Path):
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
-
-
 def _read_official(ann: Path):
     """video -> (split, where) and video -> [(sen_id, caption, where)] from the merged file or the pair."""
     if (ann / MERGED).is_file():
@@ -93,7 +85,7 @@ def _read_official(ann: Path):
     split_of: dict[str, tuple[str, str]] = {}
     sentences: dict[str, list[tuple[str, str, str]]] = {}
     for path in files:
-        data = _load_json(path)
+        data = load_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("videos"), list) \
                 or not isinstance(data.get("sentences"), list):
             raise AnnotationError(f"{path}: expected an object with 'videos' and 'sentences' lists")

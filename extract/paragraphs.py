@@ -21,10 +21,9 @@ Videos, both datasets: under the first of ``videos``, ``root``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from vtr.extract.paths import (AnnotationError, DatasetBuilder, check_id, first_existing, read_lines,
+from vtr.extract.paths import (AnnotationError, DatasetBuilder, check_id, first_existing, load_json, read_lines,
                                split_ext, videos_folder)
 from vtr.records import SPLITS, Dataset
 
@@ -32,14 +31,6 @@ DIDEMO_FILES = {s: f"{s}_data.json" for s in SPLITS}
 DIDEMO_LISTS = {s: f"{s}_list.txt" for s in SPLITS}
 ANET_FILES = {"train.json": "train", "val_1.json": "test"}
 PARAGRAPH = dict(max_frames=64, max_words=64)
-
-
-def _load_json(path: Path):
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def _paragraph(sentences: list[str]) -> str:
@@ -59,7 +50,7 @@ def read_didemo(root: Path, annotations: Path | None = None, *, use_lists: bool 
     b = DatasetBuilder("didemo", videos_folder(root, videos, ("videos",)), check_videos)
     listed = _read_didemo_lists(ann, present) if use_lists else None
     for split, path in present.items():
-        data = _load_json(path)
+        data = load_json(path)
         if not isinstance(data, list):
             raise AnnotationError(f"{path}: expected a list of moment descriptions")
         texts: dict[str, list[str]] = {}  # stem -> descriptions, in file order
@@ -118,7 +109,7 @@ def read_activitynet(root: Path, annotations: Path | None = None, *, videos: str
     b = DatasetBuilder("activitynet", videos_folder(root, videos, ("videos",)), check_videos)
     for file, split in present.items():
         path = ann / file
-        data = _load_json(path)
+        data = load_json(path)
         if not isinstance(data, dict):
             raise AnnotationError(f"{path}: expected an object video id -> annotation")
         reversed_segments = 0

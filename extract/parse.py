@@ -14,7 +14,7 @@ advcl, acl, relcl, pcomp, csubj, parataxis, dep), except
   - framing verbs (FRAME_VERBS: see, show, ...) that frame the video rather than name an action: when passive
     ("a man is seen speaking"), when their subject is the viewer ("you can see ..."), or when they take a
     clause ("shows how to cook"). "a man shows a bowl" stays an action,
-  - narrative verbs (NARRATIVE_VERBS: lead, follow, cut ...) that join shots: passive ("is seen followed
+  - narrative verbs (NARRATIVE_VERBS: lead, follow, fade ...) that join shots: passive ("is seen followed
     by a man") or with "into"/"to" ("leads into a woman hosting ..."); "dogs leading children" stays,
   - aspect verbs (ASPECT_VERBS: start, begin, continue, proceed, try, go ...) that take a verb complement:
     "starts to dance" is the action "dance" ("goes up" is still "go"),
@@ -90,7 +90,8 @@ DISABLED = ("ner",)  # everything else is needed: tags, dependencies, coarse POS
 
 # --- word lists (lemmas, lower case) ----------------------------------------------------------------
 FRAME_VERBS = frozenset({"see", "show", "depict", "feature", "display", "present", "film", "record"})
-NARRATIVE_VERBS = frozenset({"lead", "transition", "cut", "switch", "fade", "follow", "end"})
+# not "cut" or "switch": "cutting the eggs into parts", "switches the book to her other hand" are actions
+NARRATIVE_VERBS = frozenset({"lead", "transition", "fade", "follow", "end"})
 PRONOUN_LIKE = frozenset({"other", "another", "one", "each", "both", "s"})  # "s": "it s" in no-punct text
 ASPECT_VERBS = frozenset({"start", "begin", "continue", "proceed", "keep", "try", "attempt", "go", "seem",
                           "appear", "want", "resume", "get", "manage", "finish"})

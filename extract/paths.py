@@ -8,6 +8,7 @@ which refuses anything that would leave the folder (``..``, absolute paths, syml
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -141,6 +142,15 @@ class VideoIndex:
 def ext_rank(name: str) -> int:
     ext = split_ext(name)[1].lower()
     return VIDEO_EXTS.index(ext) if ext in VIDEO_EXTS else len(VIDEO_EXTS)
+
+
+def load_json(path: Path):
+    """A JSON annotation file (a BOM tolerated); malformed JSON names the file and line."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
