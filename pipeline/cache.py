@@ -93,8 +93,12 @@ def _read_str(ds) -> list[str]:
     return list(ds.asstr()[()]) if len(ds) else []
 
 
-def _read_source(f: h5py.File) -> dict:
-    """Every array of one file (main or part) as numpy, plus its settings."""
+def _read_source(f: h5py.File, parses: bool) -> dict:
+    """Every array of one file (main or part) as numpy, plus its settings.
+
+    The parses (JSON per caption, the largest strings in a cache) are read only when ``parses`` is True:
+    rewriting the file needs them, fit and eval do not.
+    """
     v, t = f["videos"], f["texts"]
     return {
         "settings": json.loads(f.attrs["settings"]),
@@ -114,7 +118,7 @@ def _read_source(f: h5py.File) -> dict:
             "split": _read_str(t["split"]),
             "video_id": _read_str(t["video_id"]),
             "embedding": t["embedding"][()],
-            "parse": _read_str(t["parse"]),
+            **({"parse": _read_str(t["parse"])} if parses else {}),
             "phrase_embedding": t["phrase_embedding"][()],
             "phrase_mask": t["phrase_mask"][()],
         },
@@ -150,7 +154,7 @@ def _take(v, order):
     return [v[i] for i in order] if isinstance(v, list) else v[order]
 
 
-def read_sources(path: Path) -> tuple[dict, dict]:
+def read_sources(path: Path, parses: bool = False) -> tuple[dict, dict]:
     """(settings, merged arrays) of a cache: the main file plus any parts an unfinished run left."""
     path = Path(path)
     for attempt in range(3):  # a writer may combine and delete parts while we list them
@@ -161,7 +165,7 @@ def read_sources(path: Path) -> tuple[dict, dict]:
             sources = []
             for p in files:
                 with h5py.File(p, "r") as f:
-                    sources.append(_read_source(f))
+                    sources.append(_read_source(f, parses))
             break
         except FileNotFoundError:
             if attempt == 2:
@@ -409,7 +413,7 @@ class CacheWriter:
         parts = _part_files(self.path)
         if not parts:
             return
-        _, m = read_sources(self.path)
+        _, m = read_sources(self.path, parses=True)
         _write_file(self.path, self.settings, m["videos"], m["texts"], self.max_frames, self.dim)
         for p in parts:
             p.unlink()
