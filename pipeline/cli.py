@@ -133,7 +133,8 @@ def _report_dataset(dataset, root) -> None:
               help="The cache `vtr extract` wrote.")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path),
               help="Run folder. Default: cache/runs/<cache name>-<model>-<loss>. An existing run resumes.")
-@click.option("--model", default="seqTransf", show_default=True, help="Head to train: seqTransf.")
+@click.option("--model", default="seqTransf", show_default=True,
+              help="Head to train: seqTransf (CLIP4Clip's baseline) or camoe (the mixture of experts).")
 @click.option("--loss", default="dsl", show_default=True, type=click.Choice(["dsl", "infonce"]),
               help="dsl: Dual Softmax Loss; infonce: symmetric cross-entropy.")
 @click.option("--epochs", type=int, help="Epochs (each training video once). A larger value extends a finished run.")
