@@ -13,12 +13,12 @@ Model loading is timed apart from parsing. Captions come from the S2VT text file
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from vtr.eval.report import write_json
 from vtr.extract import parse as P
 
 MSVD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotations" / "msvd"
@@ -111,8 +111,7 @@ def main(argv=None) -> int:
     print(f"load average (1 min) at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} cores: above ~0.5 other work shares the cores and the figures are low")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+        write_json(args.json, res)
         print(f"wrote {args.json}")
     return 0
 

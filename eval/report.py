@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from vtr.files import atomic_write_text
 
 METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 TRANSDUCTIVE_FOOTNOTE = "* DSL at inference uses all test queries at once (transductive)"
@@ -59,14 +59,4 @@ def _jsonable(x):
 
 def write_json(path, obj) -> None:
     """Write ``obj`` as indented JSON, creating parent folders; atomic (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")

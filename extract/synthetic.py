@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vtr.extract.decode import ffmpeg_binary
+from vtr.files import atomic_write_text
 from vtr.records import SPLITS, CaptionItem, Dataset, VideoItem
 
 GENERATOR_VERSION = 1  # bump when rendering or captions change: old folders are then refused, not mixed
@@ -309,12 +310,6 @@ def _settings(seed: int, width: int, height: int, fps: float, seconds: float) ->
             "width": int(width), "height": int(height), "fps": float(fps), "seconds": float(seconds)}
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def generate(root: Path, n_videos: int = 300, seed: int = 0, *, width: int = 128, height: int = 96,
              fps: float = 10, seconds: float = 6.0, progress: bool = True) -> Path:
     """Make (or complete) the synthetic dataset in ``root``; returns ``root``.
@@ -347,7 +342,7 @@ def generate(root: Path, n_videos: int = 300, seed: int = 0, *, width: int = 128
                          f"generator (or with these settings); use another folder")
     videos.mkdir(parents=True, exist_ok=True)
     # The manifest goes first, so even an interrupted run leaves a folder whose settings are known.
-    _write_text(manifest, json.dumps({**settings, "n_videos": int(n_videos)}, indent=2) + "\n")
+    atomic_write_text(manifest, json.dumps({**settings, "n_videos": int(n_videos)}, indent=2) + "\n")
 
     specs = [clip_spec(seed, i) for i in range(n_videos)]
     todo = [s for s in specs if not (videos / f"{s.video_id}.mp4").exists()]
@@ -366,7 +361,7 @@ def generate(root: Path, n_videos: int = 300, seed: int = 0, *, width: int = 128
         lines.append(json.dumps({"video": s.video_id, "file": f"videos/{s.video_id}.mp4", "split": s.split,
                                  "captions": s.captions, "shape": s.shape, "color": s.color,
                                  "action": s.action, "scene": s.scene}))
-    _write_text(root / "annotations.jsonl", "\n".join(lines) + "\n")
+    atomic_write_text(root / "annotations.jsonl", "\n".join(lines) + "\n")
     return root
 
 

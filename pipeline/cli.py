@@ -244,8 +244,9 @@ def info(cache_path, dataset_name, annotations, root, split_variant, json_path):
         click.echo(f"  {s['unfinished_parts']} part files from an unfinished run (read too; "
                    f"rerun `vtr extract` to fold them in)")
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(s, indent=2))
+        from vtr.eval.report import write_json
+
+        write_json(json_path, s)
 
 
 def _dataset_info(name, annotations, root, split_variant, json_path) -> None:
@@ -272,8 +273,9 @@ def _dataset_info(name, annotations, root, split_variant, json_path) -> None:
     for note in stats["notes"]:
         click.echo(f"  note: {note}")
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(stats, indent=2))
+        from vtr.eval.report import write_json
+
+        write_json(json_path, stats)
 
 
 # ----------------------------------------------------------------------------- demo

@@ -28,8 +28,9 @@ from vtr.device import resolve_device
 from vtr.records import CacheTensors
 from vtr.train.heads import RetrievalHead, build_head, count_parameters, text_batch, video_batch
 from vtr.train.losses import dsl_loss, get_loss
-from vtr.train.runs import (BEST, CONFIG, CURVES, LAST, LOG, FitConfig, atomic_torch_save, atomic_write_bytes,
-                            atomic_write_text, config_differences, read_record, run_record)
+from vtr.files import atomic_write_bytes, atomic_write_text
+from vtr.train.runs import (BEST, CONFIG, CURVES, LAST, LOG, FitConfig, atomic_torch_save, config_differences,
+                            read_record, run_record)
 
 __all__ = ["FitConfig", "fit", "fit_tensors", "validate", "epoch_batches"]
 

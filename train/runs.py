@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 import vtr
+from vtr.files import atomic_write_bytes
 from vtr.records import CacheTensors
 from vtr.train.heads import RetrievalHead, build_head
 
@@ -71,19 +71,6 @@ def cache_fingerprint(data: CacheTensors) -> str:
     blob = json.dumps({"attrs": attrs, "videos": len(data.video_ids), "texts": len(data.text_ids)},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def atomic_torch_save(obj, path: Path) -> None:
