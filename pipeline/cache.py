@@ -93,36 +93,26 @@ def _read_str(ds) -> list[str]:
     return list(ds.asstr()[()]) if len(ds) else []
 
 
-def _read_source(f: h5py.File, parses: bool) -> dict:
-    """Every array of one file (main or part) as numpy, plus its settings.
+# Which columns each reader takes from a file. Only rewriting the cache needs the parse trees (the
+# largest strings in it); only fit and eval need the embeddings; a writer needs just the keys.
+_TENSORS = {
+    "videos": ("ids", "frames", "mask", "status", "reason", "path", "split", "duration"),
+    "texts": ("ids", "caption", "split", "video_id", "embedding", "phrase_embedding", "phrase_mask"),
+}
+_EVERYTHING = {"videos": _TENSORS["videos"], "texts": _TENSORS["texts"] + ("parse",)}
+_KEYS = {"videos": ("ids", "status"), "texts": ("ids",)}
+_SUMMARY = {"videos": ("ids", "status", "reason", "split"), "texts": ("ids", "split")}
 
-    The parses (JSON per caption, the largest strings in a cache) are read only when ``parses`` is True:
-    rewriting the file needs them, fit and eval do not.
-    """
-    v, t = f["videos"], f["texts"]
-    return {
-        "settings": json.loads(f.attrs["settings"]),
-        "videos": {
-            "ids": _read_str(v["ids"]),
-            "frames": v["frames"][()],
-            "mask": v["mask"][()],
-            "status": v["status"][()],
-            "reason": _read_str(v["reason"]),
-            "path": _read_str(v["path"]),
-            "split": _read_str(v["split"]),
-            "duration": v["duration"][()],
-        },
-        "texts": {
-            "ids": _read_str(t["ids"]),
-            "caption": _read_str(t["caption"]),
-            "split": _read_str(t["split"]),
-            "video_id": _read_str(t["video_id"]),
-            "embedding": t["embedding"][()],
-            **({"parse": _read_str(t["parse"])} if parses else {}),
-            "phrase_embedding": t["phrase_embedding"][()],
-            "phrase_mask": t["phrase_mask"][()],
-        },
-    }
+
+def _read_source(f: h5py.File, columns: dict) -> dict:
+    """The settings and the chosen ``columns`` ({group: names}) of one file (main or part), as numpy/lists."""
+    def column(ds):
+        return _read_str(ds) if h5py.check_string_dtype(ds.dtype) else ds[()]
+
+    out = {"settings": json.loads(f.attrs["settings"])}
+    for group, names in columns.items():
+        out[group] = {k: column(f[group][k]) for k in names}
+    return out
 
 
 def _merge(sources: list[dict]) -> dict:
@@ -154,8 +144,8 @@ def _take(v, order):
     return [v[i] for i in order] if isinstance(v, list) else v[order]
 
 
-def read_sources(path: Path, parses: bool = False) -> tuple[dict, dict]:
-    """(settings, merged arrays) of a cache: the main file plus any parts an unfinished run left."""
+def read_sources(path: Path, columns: dict = _TENSORS) -> tuple[dict, dict]:
+    """(settings, merged ``columns``) of a cache: the main file plus any parts an unfinished run left."""
     path = Path(path)
     for attempt in range(3):  # a writer may combine and delete parts while we list them
         files = ([path] if path.exists() else []) + _part_files(path)
@@ -165,7 +155,7 @@ def read_sources(path: Path, parses: bool = False) -> tuple[dict, dict]:
             sources = []
             for p in files:
                 with h5py.File(p, "r") as f:
-                    sources.append(_read_source(f, parses))
+                    sources.append(_read_source(f, columns))
             break
         except FileNotFoundError:
             if attempt == 2:
@@ -208,8 +198,8 @@ def read_cache(path) -> CacheTensors:
 
 
 def cache_summary(path) -> dict:
-    """Counts and settings, for `vtr info` and for the "nothing to do" message."""
-    settings, m = read_sources(Path(path))
+    """Counts and settings, for `vtr info`."""
+    settings, m = read_sources(Path(path), _SUMMARY)
     v, t = m["videos"], m["texts"]
     status = v["status"]
     splits = {}
@@ -225,7 +215,7 @@ def cache_summary(path) -> dict:
         "captions": len(t["ids"]),
         "splits": splits,
         "unfinished_parts": len(_part_files(Path(path))),
-        "frames_shape": list(v["frames"].shape),
+        "frames_shape": [len(v["ids"]), settings["max_frames"], settings["dim"]],
     }
 
 
@@ -334,7 +324,7 @@ class CacheWriter:
         if not self.path.exists() and not _part_files(self.path):
             return
         try:
-            existing, m = read_sources(self.path)
+            existing, m = read_sources(self.path, _KEYS)
         except CacheError as e:
             raise CacheError(f"{e}; move it away or choose another --out") from e
         diff = _settings_diff(existing, self.settings)
@@ -413,7 +403,7 @@ class CacheWriter:
         parts = _part_files(self.path)
         if not parts:
             return
-        _, m = read_sources(self.path, parses=True)
+        _, m = read_sources(self.path, _EVERYTHING)
         _write_file(self.path, self.settings, m["videos"], m["texts"], self.max_frames, self.dim)
         for p in parts:
             p.unlink()
