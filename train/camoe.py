@@ -160,10 +160,8 @@ class CAMoE(RetrievalHead):
         logits = logits.masked_fill(~torch.stack(present, dim=1), float("-inf"))
         return F.normalize(torch.stack(t, dim=1), dim=-1), torch.softmax(logits, dim=-1)
 
-    def training_loss(self, frames, mask, text, loss_fn):
+    def pair_loss(self, t, gate, v, loss_fn):
         """Fused loss plus the mean per-expert alignment loss (each through ``loss_fn``, DSL by default)."""
-        t, gate = self.encode_text(text)
-        v = self.encode_video(frames, mask)
         per_expert = self.scale * torch.einsum("ted,ved->tve", t, v)
         loss = loss_fn((per_expert * gate[:, None, :]).sum(-1))
         if self.expert_loss_weight and len(self.experts) > 1:

@@ -59,8 +59,16 @@ class RetrievalHead(nn.Module):
         return self.similarity(t, gate, self.encode_video(frames, mask))
 
     def training_loss(self, frames, mask, text, loss_fn) -> torch.Tensor:
-        """The loss of one batch whose pairs sit on the diagonal; heads with extra terms override it."""
-        return loss_fn(self(frames, mask, text))
+        """The loss of one batch whose pairs sit on the diagonal."""
+        t, gate = self.encode_text(text)
+        return self.pair_loss(t, gate, self.encode_video(frames, mask), loss_fn)
+
+    def pair_loss(self, t, gate, v, loss_fn) -> torch.Tensor:
+        """The loss on encoded pairs (row i of ``t`` matches row i of ``v``); heads with extra terms override it.
+
+        Kept apart from encoding so distributed training can gather every rank's embeddings first.
+        """
+        return loss_fn(self.similarity(t, gate, v))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
