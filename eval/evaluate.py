@@ -1,8 +1,31 @@
-"""Evaluate a head on one split of a cache: encode each side once, score in chunks, rank, summarise.
+"""Evaluate a head on one split of a cache: encode each side once, rank tile by tile, summarise.
 
-Because every head's score is a gated sum of per-expert dot products (see ``vtr.train.heads``), texts
-and videos are encoded independently and the texts x videos matrix is built a block of text rows at a
-time.
+Every head's score is a gated sum of per-expert dot products (see ``vtr.train.heads``), so captions and
+videos are encoded once and the texts x videos score matrix is computed one tile at a time. It is never held
+whole: memory is O(chunk^2 + M + N) for M captions and N videos, for raw scores, DSL and QB-Norm alike.
+
+How the ranks are counted (``chunked_ranks``):
+
+- ``metrics.plan_blocks`` sorts the captions by video and cuts the matrix into tiles of at most ``chunk``
+  captions x ``chunk`` videos so that the diagonal tile (b, b) holds every true pair of its captions and every
+  caption of its videos.
+- The diagonal tiles come first. Each gives the thresholds: the (re-scored) score of each caption against its
+  own video (T2V), and each video's score against its own caption group, the max over its captions (V2T).
+- A rank is then a count over all tiles: T2V, the videos scoring >= the caption's threshold; V2T, the caption
+  groups whose max score >= the video's threshold. The count includes the true candidate itself, so it is
+  exactly ``metrics.TIE_RULE``. Only the tile's comparisons and one number per query are kept.
+- DSL at inference normalises each video's column over ALL test captions (T2V) and each caption's row over all
+  videos (V2T). Pass 1 over the tiles gathers both log-sum-exps; pass 2 recomputes each tile and counts on
+  ``S * exp(S - lse) * n``. So DSL costs two matrix products.
+- QB-Norm: bank passes give each test video (T2V) and each test caption (V2T) its log-sum-exp over the query
+  bank and whether it is in a bank query's top-1. Whether a query is normalised depends on its own top-1 over
+  the whole gallery, known only at the end, so the raw and the normalised counts are both kept and each
+  query takes one.
+
+The scores within one pass come from the same computation, so a tie (two identical captions, two identical
+videos) stays a tie and counts against the model, as in ``metrics``. Compared with building the whole
+matrix, scores can differ in the last bit (matrix products of other shapes round differently), so only
+candidates within float rounding of each other can swap places.
 """
 from __future__ import annotations
 
@@ -10,12 +33,14 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from vtr.eval.metrics import TIE_RULE, retrieval_metrics, t2v_ranks, v2t_ranks
+from vtr.eval.metrics import (DEFAULT_TILE, TIE_RULE, Blocks, check_every_video_captioned, plan_blocks,
+                              retrieval_metrics)
 from vtr.eval.report import RANDOM_CLIP_NOTE
-from vtr.eval.rescore import dsl_t2v, dsl_v2t, qbnorm_t2v, qbnorm_v2t
+from vtr.eval.rescore import QueryBankStats, RunningLogSumExp, dsl_tile, tile_logsumexps
 from vtr.records import CacheTensors
-from vtr.train.heads import text_batch, video_batch
+from vtr.train.heads import RetrievalHead, text_batch, video_batch
 
 RESCORE = ("none", "dsl", "qbnorm")
 
@@ -43,28 +68,292 @@ def score_matrix(head, t, gate, v, chunk: int = 4096) -> torch.Tensor:
                       for i in range(0, t.shape[0], chunk)])
 
 
-def _bank_t2v(head, t_bank, g_bank, v, chunk) -> Iterator[torch.Tensor]:
-    """Bank captions x test videos, one block of bank rows at a time."""
-    for i in range(0, t_bank.shape[0], chunk):
-        yield score_matrix(head, t_bank[i : i + chunk], g_bank[i : i + chunk], v, chunk) / head.scale.cpu()
+class TileScorer:
+    """Scores of a block of captions against a block of videos (float32), as ``head.similarity`` gives them.
+
+    A head that keeps ``RetrievalHead.similarity`` (every head in ``vtr.train.heads``) is scored with one
+    matrix product, ``scale * <gate * t, v>`` over the experts' concatenated embeddings: the same gated sum of
+    per-expert dot products, written into a reused buffer. A head with its own ``similarity`` is called as is.
+    With ``cosine``, scores are divided by the logit scale (the range QB-Norm's beta is meant for).
+
+    The returned tile is overwritten by the next call.
+    """
+
+    def __init__(self, head, t: torch.Tensor, gate: torch.Tensor, v: torch.Tensor, *, cosine: bool = False):
+        self.head, self.t, self.gate, self.v, self.cosine = head, t, gate, v, cosine
+        self.scale = head.scale.detach().to(t.device)
+        self.matmul = type(head).similarity is RetrievalHead.similarity
+        if self.matmul:
+            one_expert = t.shape[1] == 1 and bool((gate == 1).all())
+            self._t = t[:, 0] if one_expert else (t * gate.unsqueeze(-1)).flatten(1)  # no copy for one expert
+            self._v = v.flatten(1)
+        self._buffer = None
+
+    def __call__(self, rows: slice, cols: slice) -> torch.Tensor:
+        if self.matmul:
+            a, b = self._t[rows], self._v[cols]
+            n = a.shape[0] * b.shape[0]
+            if self._buffer is None or self._buffer.numel() < n:
+                self._buffer = torch.empty(n, device=a.device)
+            out = torch.mm(a, b.T, out=self._buffer[:n].view(a.shape[0], b.shape[0]))
+            out.mul_(self.scale)
+        else:
+            out = self.head.similarity(self.t[rows], self.gate[rows], self.v[cols]).float()
+        return out.div_(self.scale) if self.cosine else out
 
 
-def _bank_v2t(head, t, gate, v_bank, chunk) -> Iterator[torch.Tensor]:
-    """Bank videos x test captions, one block of bank rows at a time."""
-    for i in range(0, v_bank.shape[0], chunk):
-        yield score_matrix(head, t, gate, v_bank[i : i + chunk], chunk).T / head.scale.cpu()
+class _Buffers:
+    """Scratch tiles reused across tiles (allocating a fresh [chunk, chunk] tensor per op costs page faults)."""
+
+    def __init__(self, device):
+        self.device, self._store = device, {}
+
+    def __call__(self, name: str, rows: int, cols: int) -> torch.Tensor:
+        buf = self._store.get(name)
+        if buf is None or buf.numel() < rows * cols:
+            buf = self._store[name] = torch.empty(rows * cols, device=self.device)
+        return buf[: rows * cols].view(rows, cols)
+
+
+def _check_tile(s: torch.Tensor) -> None:
+    # One cheap reduction per tile; NaN (or inf - inf) in the sum triggers the exact check.
+    if torch.isnan(s.sum()) and torch.isnan(s).any():
+        raise ValueError("similarity matrix contains NaN scores; ranks are undefined")
+
+
+def _progress(total: int, desc: str, show: bool):
+    return tqdm(total=total, desc=desc, unit="tile", leave=False, disable=None if show else True)
+
+
+def _diagonal_first(n_blocks: int) -> Iterator[tuple[int, int]]:
+    """Diagonal tiles (they set the thresholds), then the others row by row."""
+    yield from ((b, b) for b in range(n_blocks))
+    yield from ((r, c) for r in range(n_blocks) for c in range(n_blocks) if r != c)
+
+
+class _Raw:
+    """Rank raw scores."""
+
+    def t2v(self, s, rows, cols, out):
+        return s
+
+    v2t = t2v
+
+
+class _Dsl:
+    """Inference-time DSL: ``dsl_t2v`` (softmax over all captions per video, times M) and ``dsl_v2t``
+    (softmax over all videos per caption, times N), from the log-sum-exps of pass 1."""
+
+    def __init__(self, lse_per_video, lse_per_text, n_texts, n_videos):
+        self.lse_v, self.lse_t, self.m, self.n = lse_per_video, lse_per_text, n_texts, n_videos
+
+    def t2v(self, s, rows, cols, out):
+        return dsl_tile(s, self.lse_v[cols], self.m, out)
+
+    def v2t(self, s, rows, cols, out):
+        return dsl_tile(s, self.lse_t[rows, None], self.n, out)
+
+
+class _QbNormalised:
+    """QB-Norm's inverted softmax in log space, ``beta * s - lse_bank`` (per video for T2V, per caption for V2T)."""
+
+    def __init__(self, beta, lse_per_video, lse_per_text):
+        self.beta, self.lse_v, self.lse_t = beta, lse_per_video, lse_per_text
+
+    def t2v(self, s, rows, cols, out):
+        return torch.mul(s, self.beta, out=out).sub_(self.lse_v[cols])
+
+    def v2t(self, s, rows, cols, out):
+        return torch.mul(s, self.beta, out=out).sub_(self.lse_t[rows, None])
+
+
+class _Top1:
+    """Each caption's top-1 video and each video's top-1 caption over the whole matrix, gathered tile by tile.
+
+    Ties go to the lowest index in the unsorted matrix, as ``argmax`` over the full matrix does.
+    """
+
+    def __init__(self, blocks: Blocks, device):
+        m, n = len(blocks.order), int(blocks.video_bounds[-1])
+        self.order = torch.as_tensor(blocks.order, device=device)
+        self.row_val = torch.full((m,), float("-inf"), device=device)
+        self.row_idx = torch.zeros(m, dtype=torch.int64, device=device)
+        self.col_val = torch.full((n,), float("-inf"), device=device)
+        self.col_idx = torch.zeros(n, dtype=torch.int64, device=device)
+        # Within a text block, is the original order increasing? Then the first maximum is the lowest index.
+        self.monotone = [bool(np.all(np.diff(blocks.order[blocks.texts(b)]) > 0)) for b in range(len(blocks))]
+
+    @staticmethod
+    def _merge(val, idx, where, m, i):
+        better = (m > val[where]) | ((m == val[where]) & (i < idx[where]))
+        val[where] = torch.where(better, m, val[where])
+        idx[where] = torch.where(better, i, idx[where])
+
+    def update(self, s, rows, cols, block: int):
+        # amax + argmax rather than max(dim): the latter is erratically slow on small tiles on a busy machine.
+        m, a = s.amax(1), s.argmax(1)
+        self._merge(self.row_val, self.row_idx, rows, m, a + cols.start)
+        m, a = s.amax(0), s.argmax(0)
+        ids = self.order[rows]
+        if self.monotone[block]:
+            i = ids[a]
+        else:  # the lowest original index among the tied maxima
+            i = torch.where(s == m, ids[:, None], torch.iinfo(torch.int64).max).amin(0)
+        self._merge(self.col_val, self.col_idx, cols, m, i)
+
+
+def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, progress: str = "", show=False):
+    """Rank counts [variants, M] (sorted caption order) and [variants, N] for each variant's re-scoring."""
+    m, n = len(blocks.order), int(blocks.video_bounds[-1])
+    tv = torch.as_tensor(blocks.text_video)
+    cnt_t = cnt_v = thr_t = thr_v = buffers = device = ones = None  # made on the device of the first tile
+    with _progress(len(blocks) ** 2, progress, show) as bar:
+        for r, c in _diagonal_first(len(blocks)):
+            rows, cols = blocks.texts(r), blocks.videos(c)
+            bar.update()
+            if rows.start == rows.stop or cols.start == cols.stop:
+                continue
+            s = score(rows, cols)
+            if cnt_t is None:
+                device = s.device
+                tv = tv.to(device)
+                buffers = _Buffers(device)
+                cnt_t = torch.zeros(len(variants), m, dtype=torch.int64, device=device)
+                cnt_v = torch.zeros(len(variants), n, dtype=torch.int64, device=device)
+                thr_t = torch.empty(len(variants), m, device=device)
+                thr_v = torch.empty(len(variants), n, device=device)
+                ones = torch.ones(int(max(np.diff(blocks.text_bounds).max(), np.diff(blocks.video_bounds).max())),
+                                  device=device)
+            _check_tile(s)
+            if top1 is not None:
+                top1.update(s, rows, cols, r)
+            nr, nc = s.shape
+            own = (tv[rows] - cols.start) if r == c else None  # column of each caption's own video
+            groups = tv[rows] - int(blocks.video_bounds[r])  # caption group (video) within block r
+            n_groups = int(blocks.video_bounds[r + 1] - blocks.video_bounds[r])
+            for k, variant in enumerate(variants):
+                x = variant.t2v(s, rows, cols, buffers("x", nr, nc))
+                if own is not None:
+                    thr_t[k, rows] = x[torch.arange(nr, device=device), own]
+                cnt_t[k, rows] += torch.ge(x, thr_t[k, rows, None], out=buffers("mask", nr, nc)).sum(1).long()
+                y = variant.v2t(s, rows, cols, buffers("x", nr, nc))
+                if own is not None:  # each video's best own caption
+                    thr_v[k, cols] = torch.full((nc,), float("-inf"), device=device).scatter_reduce_(
+                        0, own, y[torch.arange(nr, device=device), own], "amax")
+                if blocks.max_group[r] > 1:  # group max over each video's captions first
+                    y = buffers("groups", n_groups, nc).fill_(float("-inf")).scatter_reduce_(
+                        0, groups[:, None].expand(nr, nc), y, "amax")
+                hits = torch.ge(y, thr_v[k, cols], out=buffers("mask", y.shape[0], nc))
+                cnt_v[k, cols] += torch.mv(hits.T, ones[: hits.shape[0]]).long()  # column sums; mv is the fast one
+    return cnt_t, cnt_v
+
+
+def _dsl_normalisers(score, blocks: Blocks, m: int, n: int, show=False):
+    """Pass 1 of DSL: log-sum-exp over all captions for each video, and over all videos for each caption."""
+    per_video = per_text = buffers = None
+    with _progress(len(blocks) ** 2, "DSL pass 1/2 (normalisers)", show) as bar:
+        for r, c in _diagonal_first(len(blocks)):
+            rows, cols = blocks.texts(r), blocks.videos(c)
+            bar.update()
+            if rows.start == rows.stop or cols.start == cols.stop:
+                continue
+            s = score(rows, cols)
+            if per_video is None:
+                per_video, per_text = RunningLogSumExp(n, s.device), RunningLogSumExp(m, s.device)
+                buffers = _Buffers(s.device)
+            _check_tile(s)
+            over_texts, over_videos = tile_logsumexps(s, buffers("e", *s.shape))
+            per_video.add(cols, over_texts)
+            per_text.add(rows, over_videos)
+    return per_video.value, per_text.value
+
+
+def _bank_stats(score, n_bank: int, n_gallery: int, chunk: int, *, gallery_is_video: bool, beta, k, desc, show):
+    """QB-Norm statistics of a query bank against the test gallery, from tiles of ``score`` (captions x videos)."""
+    stats = buffers = None
+    bank_blocks, gallery_blocks = range(0, n_bank, chunk), range(0, n_gallery, chunk)
+    with _progress(len(bank_blocks) * len(gallery_blocks), desc, show) as bar:
+        for b0 in bank_blocks:
+            for g0 in gallery_blocks:
+                bank, gallery = slice(b0, min(b0 + chunk, n_bank)), slice(g0, min(g0 + chunk, n_gallery))
+                # Tiles are always captions x videos; the bank is on the rows of what the statistics see.
+                tile = score(bank, gallery) if gallery_is_video else score(gallery, bank).T
+                if stats is None:
+                    stats, buffers = QueryBankStats(n_gallery, beta, k, tile.device), _Buffers(tile.device)
+                _check_tile(tile)
+                stats.add(tile, g0, buffers("e", *tile.shape))
+                bar.update()
+    return stats.finish()
+
+
+@torch.no_grad()
+def chunked_ranks(head, t, gate, v, text_video, *, rescore: str = "none", bank=None, chunk: int = DEFAULT_TILE,
+                  beta: float = 20.0, k: int = 1, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """1-based T2V ranks [M] and V2T ranks [N] of encoded captions ``(t, gate)`` against videos ``v``.
+
+    The same ranks as building ``score_matrix``, re-scoring it (``rescore``: "none", "dsl" as ``dsl_t2v`` /
+    ``dsl_v2t``, or "qbnorm" as ``qbnorm_t2v`` / ``qbnorm_v2t`` on cosine-scale scores) and ranking it with
+    ``t2v_ranks`` / ``v2t_ranks``, but computed tile by tile (see the module docstring): memory
+    O(chunk^2 + M + N). ``text_video[i]`` is caption i's video. ``bank`` is ``(t, gate, v)`` of the query bank
+    (QB-Norm only): its captions are the T2V bank, its videos the V2T bank.
+    """
+    if rescore not in RESCORE:
+        raise ValueError(f"rescore must be one of {RESCORE}, got {rescore!r}")
+    n_texts, n_videos = t.shape[0], v.shape[0]
+    text_video = np.asarray(text_video.cpu() if isinstance(text_video, torch.Tensor) else text_video)
+    if len(text_video) != n_texts:
+        raise ValueError(f"text_video must have one entry per caption ({n_texts}), got {len(text_video)}")
+    blocks = plan_blocks(text_video, n_videos, chunk)
+    check_every_video_captioned(text_video, n_videos)
+    if not np.array_equal(blocks.order, np.arange(n_texts)):  # captions not grouped by video yet: sort once
+        order = torch.as_tensor(blocks.order, device=t.device)
+        t_sorted, gate_sorted = t[order], gate[order]
+    else:
+        t_sorted, gate_sorted = t, gate
+    score = TileScorer(head, t_sorted, gate_sorted, v, cosine=rescore == "qbnorm")
+    big = len(blocks) ** 2 >= 16 and progress
+    top1 = None
+    if rescore == "none":
+        variants = [_Raw()]
+    elif rescore == "dsl":
+        lse_v, lse_t = _dsl_normalisers(score, blocks, n_texts, n_videos, big)
+        variants = [_Dsl(lse_v, lse_t, n_texts, n_videos)]
+    else:
+        if bank is None:
+            raise ValueError("rescore='qbnorm' needs a query bank: bank=(t, gate, v)")
+        t_b, g_b, v_b = bank
+        lse_v, active_v = _bank_stats(TileScorer(head, t_b, g_b, v, cosine=True), t_b.shape[0], n_videos, chunk,
+                                      gallery_is_video=True, beta=beta, k=k, desc="QB-Norm bank (T2V)", show=big)
+        lse_t, active_t = _bank_stats(TileScorer(head, t, gate, v_b, cosine=True), v_b.shape[0], n_texts, chunk,
+                                      gallery_is_video=False, beta=beta, k=k, desc="QB-Norm bank (V2T)", show=big)
+        order = torch.as_tensor(blocks.order, device=lse_t.device)
+        variants = [_Raw(), _QbNormalised(beta, lse_v, lse_t[order])]
+        top1 = _Top1(blocks, t.device)
+    desc = {"none": "ranks", "dsl": "DSL pass 2/2 (ranks)", "qbnorm": "QB-Norm ranks"}[rescore]
+    cnt_t, cnt_v = _count_ranks(score, blocks, variants, top1, desc, big)
+    if top1 is None:
+        t2v, v2t = cnt_t[0], cnt_v[0]
+    else:  # QB-Norm: a query is normalised only if its own top-1 is in the bank's activation set
+        t2v = torch.where(active_v[top1.row_idx], cnt_t[1], cnt_t[0])
+        v2t = torch.where(active_t[top1.col_idx], cnt_v[1], cnt_v[0])
+    ranks_t2v = np.empty(n_texts, dtype=np.int64)
+    ranks_t2v[blocks.order] = t2v.cpu().numpy()
+    return ranks_t2v, v2t.cpu().numpy().astype(np.int64)
 
 
 @torch.no_grad()
 def evaluate(head, data: CacheTensors, *, split: str = "test", rescore: str = "none",
              bank: CacheTensors | None = None, bank_split: str = "train", cache_path: str = "",
-             device="cpu", batch_size: int = 1024, chunk: int = 4096) -> dict:
+             device="cpu", batch_size: int = 1024, chunk: int = DEFAULT_TILE, progress: bool = False) -> dict:
     """T2V and V2T retrieval metrics of ``head`` on ``data.select(split)``, as a JSON-ready report.
 
     ``rescore``: "none" ranks raw logits; "dsl" applies inference-time Dual Softmax (transductive);
     "qbnorm" applies QB-Norm with ``bank.select(bank_split)`` as query bank: its captions for T2V and its
     videos for V2T, encoded by the same head. QB-Norm runs on cosine-scale scores (logits divided by the
     head's logit scale), the range its beta=20 is meant for.
+
+    Scores are ranked in tiles of at most ``chunk`` captions x ``chunk`` videos (``chunked_ranks``), so the
+    full score matrix is never built; ``progress`` shows a bar on large splits.
     """
     if rescore not in RESCORE:
         raise ValueError(f"rescore must be one of {RESCORE}, got {rescore!r}")
@@ -81,24 +370,19 @@ def evaluate(head, data: CacheTensors, *, split: str = "test", rescore: str = "n
     head.eval()
     head.to(device)
     t, gate, v = encode_all(head, test, batch_size, device)
-    sim = score_matrix(head, t, gate, v, chunk)
-    notes = []
-    if rescore == "none":
-        s_t2v = s_v2t = sim
-    elif rescore == "dsl":
-        s_t2v, s_v2t = dsl_t2v(sim), dsl_v2t(sim)
+    notes, bank_emb = [], None
+    if rescore == "dsl":
         notes.append("DSL at inference uses all test queries at once (transductive)")
-    else:
+    elif rescore == "qbnorm":
         b = bank.select(bank_split)
         if len(b.text_video) == 0 or len(b.video_ids) == 0:
             raise ValueError(f"query bank split {bank_split!r} is empty: {len(b.text_video)} captions, "
                              f"{len(b.video_ids)} usable videos")
-        t_b, g_b, v_b = encode_all(head, b, batch_size, device)
-        cos = sim / head.scale.cpu()
-        s_t2v = qbnorm_t2v(cos, _bank_t2v(head, t_b, g_b, v, chunk))
-        s_v2t = qbnorm_v2t(cos, _bank_v2t(head, t, gate, v_b, chunk))
+        bank_emb = encode_all(head, b, batch_size, device)
         notes.append(f"QB-Norm (dynamic inverted softmax, beta=20, k=1) with a query bank of the {bank_split!r} "
                      f"split: {len(b.text_video)} captions (T2V), {len(b.video_ids)} videos (V2T)")
+    t2v, v2t = chunked_ranks(head, t, gate, v, test.text_video, rescore=rescore, bank=bank_emb, chunk=chunk,
+                             progress=progress)
 
     clip = data.attrs.get("clip_model", "")
     if str(clip).startswith("random:"):
@@ -112,8 +396,8 @@ def evaluate(head, data: CacheTensors, *, split: str = "test", rescore: str = "n
         "rescore": rescore,
         "transductive": rescore == "dsl",
         "clip": clip or None,
-        "t2v": retrieval_metrics(t2v_ranks(s_t2v, test.text_video)),
-        "v2t": retrieval_metrics(v2t_ranks(s_v2t, test.text_video, n_videos)),
+        "t2v": retrieval_metrics(t2v),
+        "v2t": retrieval_metrics(v2t),
         "tie_rule": TIE_RULE,
         "notes": notes,
     }

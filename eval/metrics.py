@@ -16,16 +16,21 @@ so a model that gives every candidate the same score gets the worst rank N, neve
 ``np.where(sorted == diag)`` takes the first match in a sorted row, which resolves ties in the model's
 favour.) NaN scores cannot be ranked and raise ValueError.
 
-Ranks are computed one block of query rows at a time, so a matrix that is produced block by block never
-has to be held whole.
+``t2v_ranks`` / ``v2t_ranks`` rank a matrix that exists whole (or as an array-like read block by block).
+``vtr.eval.evaluate`` never builds the matrix: it counts the same ranks tile by tile over ``plan_blocks``.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 TIE_RULE = "rank = 1 + number of other candidates scoring >= the true one (ties count against the model)"
 DEFAULT_CHUNK = 4096
+# Tile edge for chunked evaluation: a 2048 x 2048 float32 tile is 16 MiB, large enough for an efficient
+# matrix product and small enough that the few scratch tiles stay far below the embeddings' own memory.
+DEFAULT_TILE = 2048
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -78,9 +83,7 @@ def v2t_ranks(sim, text_video, n_videos: int | None = None, chunk: int = DEFAULT
     n = sim.shape[1]
     if n_videos is not None and n_videos != n:
         raise ValueError(f"n_videos={n_videos} but the similarity matrix has {n} video columns")
-    counts = np.bincount(text_video, minlength=n)
-    if (counts == 0).any():
-        raise ValueError(f"{int((counts == 0).sum())} of {n} videos have no caption; V2T ranks are undefined")
+    counts = check_every_video_captioned(text_video, n)
     # Sort captions by video so each group is a contiguous run of rows: group max is one reduceat.
     order = np.argsort(text_video, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -93,6 +96,63 @@ def v2t_ranks(sim, text_video, n_videos: int | None = None, chunk: int = DEFAULT
         true = group[v0 + cols, cols]
         ranks[v0 : v0 + chunk] = (group >= true[None, :]).sum(0)
     return ranks
+
+
+def check_every_video_captioned(text_video, n_videos: int) -> np.ndarray:
+    """Captions per video; ValueError if a video has none (its V2T rank would be undefined)."""
+    counts = np.bincount(_as_numpy(text_video).astype(np.int64), minlength=n_videos)
+    if (counts == 0).any():
+        raise ValueError(f"{int((counts == 0).sum())} of {n_videos} videos have no caption; V2T ranks are undefined")
+    return counts
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A texts x videos matrix cut into tiles so that every true pair lies on a diagonal tile.
+
+    Texts are taken in ``order`` (a stable sort by video), so each video's captions are contiguous. Block b
+    holds videos ``video_bounds[b]:video_bounds[b + 1]`` and, in sorted order, exactly their captions,
+    ``text_bounds[b]:text_bounds[b + 1]``. So tile (b, b) holds the true pair of each of its captions and
+    every caption of each of its videos: every threshold a rank is counted against comes from that tile.
+    """
+
+    order: np.ndarray  # [M] original index of the caption at each sorted position
+    text_video: np.ndarray  # [M] video of the caption at each sorted position
+    video_bounds: np.ndarray  # [B + 1]
+    text_bounds: np.ndarray  # [B + 1]
+    max_group: np.ndarray  # [B] most captions of one video in the block (> 1: V2T needs a group max)
+
+    def __len__(self) -> int:
+        return len(self.video_bounds) - 1
+
+    def texts(self, b: int) -> slice:
+        return slice(int(self.text_bounds[b]), int(self.text_bounds[b + 1]))
+
+    def videos(self, b: int) -> slice:
+        return slice(int(self.video_bounds[b]), int(self.video_bounds[b + 1]))
+
+
+def plan_blocks(text_video, n_videos: int, chunk: int = DEFAULT_TILE) -> Blocks:
+    """Cut texts x videos into tiles of at most ``chunk`` videos and ``chunk`` captions (a video with more
+    captions than ``chunk`` gets a block of its own), keeping each video's captions in its own block."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    text_video = _as_numpy(text_video).astype(np.int64)
+    if len(text_video) and (text_video.min() < 0 or text_video.max() >= n_videos):
+        raise ValueError(f"text_video holds video indices outside [0, {n_videos})")
+    order = np.argsort(text_video, kind="stable")
+    counts = np.bincount(text_video, minlength=n_videos)
+    video_bounds, n_v, n_t = [0], 0, 0
+    for j, c in enumerate(counts.tolist()):
+        if n_v and (n_v == chunk or n_t + c > chunk):
+            video_bounds.append(j)
+            n_v, n_t = 0, 0
+        n_v, n_t = n_v + 1, n_t + c
+    video_bounds.append(n_videos)
+    video_bounds = np.asarray(video_bounds, dtype=np.int64)
+    text_bounds = np.concatenate([[0], np.cumsum(counts)])[video_bounds]
+    max_group = np.array([counts[a:b].max(initial=0) for a, b in zip(video_bounds[:-1], video_bounds[1:])])
+    return Blocks(order, text_video[order], video_bounds, text_bounds, max_group)
 
 
 def retrieval_metrics(ranks) -> dict[str, float]:

@@ -3,10 +3,15 @@
 Both functions take a queries x gallery matrix and return one of the same shape whose rows are ranked in
 place of the raw scores. Helpers named ``*_t2v`` / ``*_v2t`` take the usual texts x videos matrix and
 return texts x videos, so ``metrics.t2v_ranks`` / ``metrics.v2t_ranks`` apply unchanged (V2T still takes
-the max over a video's captions, now on the re-scored values).
+the max over a video's captions, now on the re-scored values). These whole-matrix forms are the definitions.
+
+``vtr.eval.evaluate`` applies the same re-scoring one tile at a time, with the pieces below: running
+log-sum-exps (``tile_logsumexps``, ``RunningLogSumExp``), ``dsl_tile``, and ``QueryBankStats``, which
+``qbnorm`` itself uses, so both gather the bank's statistics the same way.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -55,6 +60,121 @@ def _bank_chunks(bank_sim, chunk: int) -> Iterable[torch.Tensor]:
     return (_as_tensor(c) for c in bank_sim)
 
 
+def block_logsumexp(x: torch.Tensor, dim: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.logsumexp(x, dim)`` with its one [rows, cols] temporary written into ``buffer`` when given.
+
+    Shifted by the maximum along ``dim`` so it cannot overflow; a slice that is all -inf gives -inf.
+    """
+    m = x.amax(dim, keepdim=True)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # all -inf (or +inf) slices: avoid inf - inf
+    e = torch.sub(x, m, out=buffer[: x.shape[0], : x.shape[1]] if buffer is not None else None).exp_()
+    return e.sum(dim).log_().add_(m.squeeze(dim))
+
+
+# Pass 1 of chunked DSL shifts a whole tile by its maximum c, so one exp serves both the row and the column
+# sums. A row or column whose sum of exp(s - c) is below exp(-30) (its own maximum is at least 30 below c) is
+# redone with its own shift, so no term that matters comes near float32's underflow at exp(-87).
+_SHARED_SHIFT_FLOOR = math.exp(-30.0)
+
+
+def tile_logsumexps(s: torch.Tensor, buffer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``logsumexp(s, 0)``, ``logsumexp(s, 1)``) of a tile with one exp per element, not two."""
+    c = s.max()
+    if not torch.isfinite(c):
+        return block_logsumexp(s, 0, buffer), block_logsumexp(s, 1, buffer)
+    e = torch.sub(s, c, out=buffer[: s.shape[0], : s.shape[1]] if buffer is not None else None).exp_()
+    col_sum, row_sum = e.sum(0), e.sum(1)
+    low_cols = (col_sum < _SHARED_SHIFT_FLOOR).nonzero().squeeze(1)
+    low_rows = (row_sum < _SHARED_SHIFT_FLOOR).nonzero().squeeze(1)
+    per_col, per_row = col_sum.log_().add_(c), row_sum.log_().add_(c)
+    if len(low_cols):
+        per_col[low_cols] = block_logsumexp(s[:, low_cols], 0)
+    if len(low_rows):
+        per_row[low_rows] = block_logsumexp(s[low_rows], 1)
+    return per_col, per_row
+
+
+class RunningLogSumExp:
+    """``log(sum(exp(x)))`` per index over a stream of blocks, so the blocks never have to be held together."""
+
+    def __init__(self, n: int, device="cpu"):
+        self.value = torch.full((n,), float("-inf"), device=device)
+
+    def add(self, index: slice, block_value: torch.Tensor) -> None:
+        """Fold in the log-sum-exp of one more block of terms for the indices ``index``."""
+        self.value[index] = torch.logaddexp(self.value[index], block_value)
+
+
+class QueryBankStats:
+    """QB-Norm's two statistics of a query bank against a gallery, gathered from blocks of bank scores.
+
+    - ``lse[g] = logsumexp_b(beta * s[b, g])``: the log denominator of the inverted softmax;
+    - ``active[g]``: gallery item g is in the top-k of at least one bank query (the activation set).
+
+    Feed blocks with ``add(block, col0)``: a block holds the scores of some bank queries against gallery
+    items ``col0 .. col0 + block.shape[1]``. A bank query's top-k needs its whole row, so the blocks of one
+    group of bank rows must come as one sweep over the gallery, the first with ``col0 = 0``; a block with
+    ``col0 = 0`` starts the next group. Ties in the top-1 go to the lowest gallery index (as ``argmax``);
+    for k > 1 ties are broken as ``torch.topk`` breaks them.
+    """
+
+    def __init__(self, n_gallery: int, beta: float = 20.0, k: int = 1, device="cpu"):
+        if not 1 <= k <= n_gallery:
+            raise ValueError(f"k must be in [1, {n_gallery}], got {k}")
+        self.n_gallery, self.beta, self.k = n_gallery, beta, k
+        self._lse = RunningLogSumExp(n_gallery, device)
+        self.active = torch.zeros(n_gallery, dtype=torch.bool, device=device)
+        self.n_bank = 0
+        self._top_val = self._top_idx = None  # running top-k of the current group of bank rows
+
+    def add(self, block: torch.Tensor, col0: int = 0, buffer: torch.Tensor | None = None) -> None:
+        if block.ndim != 2 or col0 < 0 or col0 + block.shape[1] > self.n_gallery:
+            raise ValueError(f"bank scores must have {self.n_gallery} gallery columns, got shape "
+                             f"{tuple(block.shape)} at column {col0}")
+        if len(block) == 0:
+            return
+        if col0 == 0:
+            self._close_rows()
+            self.n_bank += len(block)
+        elif self._top_val is None or len(self._top_val) != len(block):
+            raise ValueError("bank blocks must sweep the gallery from column 0 for each group of bank rows")
+        cols = slice(col0, col0 + block.shape[1])
+        out = buffer[: block.shape[0], : block.shape[1]] if buffer is not None else None
+        scaled = torch.mul(block, self.beta, out=out)
+        self._lse.add(cols, block_logsumexp(scaled, 0, buffer))
+        self._merge_top(block, col0)
+
+    def _merge_top(self, block: torch.Tensor, col0: int) -> None:
+        k = min(self.k, block.shape[1])
+        if self.k == 1:
+            val, idx = block.amax(1, keepdim=True), block.argmax(1, keepdim=True)  # the first maximum
+        else:
+            val, idx = block.topk(k, dim=1)
+        idx = idx + col0
+        if self._top_val is None or col0 == 0:
+            self._top_val, self._top_idx = val, idx
+        elif self.k == 1:
+            better = val > self._top_val  # an equal score further right does not replace the first maximum
+            self._top_val = torch.where(better, val, self._top_val)
+            self._top_idx = torch.where(better, idx, self._top_idx)
+        else:
+            val, idx = torch.cat([self._top_val, val], 1), torch.cat([self._top_idx, idx], 1)
+            top = val.topk(min(self.k, val.shape[1]), dim=1)
+            self._top_val, self._top_idx = top.values, idx.gather(1, top.indices)
+
+    def _close_rows(self) -> None:
+        if self._top_idx is not None:
+            self.active[self._top_idx.flatten()] = True
+        self._top_val = self._top_idx = None
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lse [n_gallery], active [n_gallery] bool) once every bank block has been added."""
+        self._close_rows()
+        if self.n_bank == 0:
+            raise ValueError("the query bank is empty")
+        return self._lse.value, self.active
+
+
 def qbnorm(sim, bank_sim, beta: float = 20.0, k: int = 1, chunk: int = BANK_CHUNK) -> torch.Tensor:
     """Querybank Normalisation with the Dynamic Inverted Softmax (Bogolin et al., CVPR 2022).
 
@@ -67,6 +187,7 @@ def qbnorm(sim, bank_sim, beta: float = 20.0, k: int = 1, chunk: int = BANK_CHUN
       item that is close to many bank queries (a hub) gets a large denominator and is demoted.
     - Dynamic: the activation set A holds the gallery items in the top-k of at least one bank query. A
       query row is normalised only if its own top-1 gallery item is in A; otherwise it is kept as is.
+      Top-1 ties go to the lowest gallery index, as ``argmax`` does.
 
     Defaults beta=20, k=1 are the paper's. beta is an inverse temperature for cosine-scale scores, so
     pass scores in that range (divide logits by the model's logit scale). Not transductive: only the
@@ -75,28 +196,25 @@ def qbnorm(sim, bank_sim, beta: float = 20.0, k: int = 1, chunk: int = BANK_CHUN
     s = _as_tensor(sim)
     if s.ndim != 2:
         raise ValueError(f"sim must be 2-D (queries x gallery), got shape {tuple(s.shape)}")
-    n_gallery = s.shape[1]
-    if not 1 <= k <= n_gallery:
-        raise ValueError(f"k must be in [1, {n_gallery}], got {k}")
-
-    # One pass over the bank: running logsumexp over bank rows, and the activation set.
-    lse = torch.full((n_gallery,), float("-inf"))
-    active = torch.zeros(n_gallery, dtype=torch.bool)
-    n_bank = 0
+    stats = QueryBankStats(s.shape[1], beta, k)
     for block in _bank_chunks(bank_sim, chunk):
-        if block.ndim != 2 or block.shape[1] != n_gallery:
-            raise ValueError(f"bank scores must have {n_gallery} gallery columns, got shape {tuple(block.shape)}")
-        if len(block) == 0:
-            continue
-        n_bank += len(block)
-        lse = torch.logaddexp(lse, torch.logsumexp(beta * block, dim=0))
-        active[block.topk(k, dim=1).indices.flatten()] = True
-    if n_bank == 0:
-        raise ValueError("the query bank is empty")
-
+        if block.ndim != 2 or block.shape[1] != s.shape[1]:
+            raise ValueError(f"bank scores must have {s.shape[1]} gallery columns, got shape {tuple(block.shape)}")
+        stats.add(block)
+    lse, active = stats.finish()
     normalised = beta * s - lse
     use = active[s.argmax(dim=1)]  # rows whose top-1 gallery item is in the activation set
     return torch.where(use[:, None], normalised, s)
+
+
+def dsl_tile(s: torch.Tensor, lse: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One tile of inference-time DSL, ``s * exp(s - lse) * n``, where ``lse`` (broadcast against the tile)
+    is the log-sum-exp of the whole matrix along the softmax's dimension and ``n`` its length.
+
+    Equal to the matching tile of ``dsl`` (temperature 1) up to float rounding; written into ``out``.
+    """
+    out = torch.sub(s, lse, out=out)
+    return out.exp_().mul_(s).mul_(n)
 
 
 def qbnorm_t2v(sim, bank_sim, beta: float = 20.0, k: int = 1) -> torch.Tensor:

@@ -17,8 +17,9 @@ def _evaluate(head, data: CacheTensors, cache_path, split, rescore, device) -> d
         raise ValueError(f"rescore must be one of {RESCORES}, not {rescore!r}")
     # QB-Norm's query bank: the training split's captions (T2V) and videos (V2T), never test queries.
     bank = data.select("train") if rescore == "qbnorm" else None
+    # Ranks are counted tile by tile (never the whole score matrix); the bar shows on large splits in a terminal.
     return evaluate(head, data, split=split, rescore=rescore, bank=bank, cache_path=str(cache_path),
-                    device=device)
+                    device=device, progress=True)
 
 
 def evaluate_zero_shot(cache_path, *, split="test", rescore="none", device="cpu", data=None) -> dict:

@@ -97,3 +97,56 @@ def test_qbnorm_directions_and_errors():
         qbnorm(QUERIES, BANK[:0])
     with pytest.raises(ValueError, match="k must be"):
         qbnorm(QUERIES, BANK, k=4)
+
+
+def test_tile_logsumexps_one_exp_and_far_below_rows_and_columns():
+    from vtr.eval.rescore import tile_logsumexps
+
+    torch.manual_seed(0)
+    s = torch.randn(60, 40) * 5
+    s[3] -= 80.0  # a row far below the tile's maximum: its shared-shift terms would underflow
+    s[:, 7] -= 95.0  # a column too
+    s[10, 10] = 90.0
+    per_col, per_row = tile_logsumexps(s)
+    assert torch.allclose(per_col, torch.logsumexp(s, 0), rtol=1e-6, atol=1e-5)
+    assert torch.allclose(per_row, torch.logsumexp(s, 1), rtol=1e-6, atol=1e-5)
+    assert torch.isfinite(per_row[3]) and torch.isfinite(per_col[7])
+
+
+def test_dsl_tile_is_a_tile_of_dsl():
+    from vtr.eval.rescore import dsl_tile
+
+    torch.manual_seed(0)
+    s = torch.randn(7, 5) * 3
+    whole_t2v, whole_v2t = dsl_t2v(s), dsl_v2t(s)
+    tile = s[2:6, 1:4]
+    assert torch.allclose(dsl_tile(tile, torch.logsumexp(s, 0)[1:4], 7), whole_t2v[2:6, 1:4], rtol=1e-5)
+    assert torch.allclose(dsl_tile(tile, torch.logsumexp(s, 1)[2:6, None], 5), whole_v2t[2:6, 1:4], rtol=1e-5)
+
+
+def test_query_bank_stats_from_column_tiles_equal_whole_rows():
+    from vtr.eval.rescore import QueryBankStats
+
+    torch.manual_seed(0)
+    bank = torch.randn(9, 11) * 0.3
+    bank[4, 2] = bank[4, 8] = bank[4].max() + 1.0  # a tie for the top-1 within a row
+    for k in (1, 3):
+        whole = QueryBankStats(11, k=k)
+        whole.add(bank)
+        lse, active = whole.finish()
+        tiled = QueryBankStats(11, k=k)
+        for r in range(0, 9, 4):  # groups of bank rows, each one sweep over the gallery in tiles of 3 columns
+            for c in range(0, 11, 3):
+                tiled.add(bank[r : r + 4, c : c + 3], c)
+        lse_t, active_t = tiled.finish()
+        assert torch.allclose(lse_t, lse, atol=1e-5) and torch.equal(active_t, active)
+        assert torch.allclose(lse, torch.logsumexp(20 * bank, 0), atol=1e-4)
+        if k == 1:
+            assert torch.equal(active.nonzero().squeeze(1).unique(), bank.argmax(1).unique())
+    # A tie for the top-1 across two tiles: the lowest gallery index wins, as argmax does.
+    tie = QueryBankStats(3)
+    tie.add(torch.tensor([[1.0, 0.0]]), 0)
+    tie.add(torch.tensor([[1.0]]), 2)
+    assert tie.finish()[1].tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="sweep the gallery"):
+        QueryBankStats(11).add(bank[:, 3:], 3)

@@ -1,0 +1,165 @@
+"""Chunked evaluation (tiles, never the whole matrix) ranks exactly as the whole-matrix computation does."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from test_evaluate import make_cache
+from vtr.eval.evaluate import chunked_ranks, encode_all, evaluate, score_matrix
+from vtr.eval.metrics import plan_blocks, retrieval_metrics, t2v_ranks, v2t_ranks
+from vtr.eval.rescore import dsl_t2v, dsl_v2t, qbnorm_t2v, qbnorm_v2t
+from vtr.train.heads import MeanP
+
+D = 8
+MODES = ["none", "dsl", "qbnorm"]
+CHUNKS = [1, 4, 7, 1000]  # 4 and 7 divide neither the 23 videos nor the 50 captions; 1000 is one tile
+
+
+def reference_ranks(head, t, gate, v, text_video, rescore, bank):
+    """What evaluate did before chunking: the whole matrix, re-scored, then ranked."""
+    sim = score_matrix(head, t, gate, v)
+    if rescore == "none":
+        s_t2v = s_v2t = sim
+    elif rescore == "dsl":
+        s_t2v, s_v2t = dsl_t2v(sim), dsl_v2t(sim)
+    else:
+        t_b, g_b, v_b = bank
+        cos = sim / head.scale
+        s_t2v = qbnorm_t2v(cos, score_matrix(head, t_b, g_b, v) / head.scale)
+        s_v2t = qbnorm_v2t(cos, score_matrix(head, t, gate, v_b).T / head.scale)
+    return t2v_ranks(s_t2v, text_video), v2t_ranks(s_v2t, text_video, v.shape[0])
+
+
+def captions_of_videos(rng, n_videos=23, n_texts=50):
+    """Every video gets 1 to 4 captions; the captions are shuffled, so not grouped by video."""
+    text_video = np.concatenate([np.arange(n_videos), rng.integers(0, n_videos, n_texts - n_videos)])
+    return rng.permutation(text_video)
+
+
+def tied_integer_data(seed=0):
+    """Small-integer embeddings: every score is exact in float32 whatever the order of the sums, so ties are
+    exact too, and many (values in -1..1, 8 dimensions). Videos 3 and 4 are identical, and so are captions 0
+    and 1 (of different videos)."""
+    rng = np.random.default_rng(seed)
+    text_video = captions_of_videos(rng)
+    v = torch.from_numpy(rng.integers(-1, 2, (23, 1, D))).float()
+    v[4] = v[3]
+    t = torch.from_numpy(rng.integers(-1, 2, (50, 1, D))).float()
+    t[1] = t[0]
+    return t, torch.ones(50, 1), v, text_video
+
+
+def tied_float_data(seed=0):
+    """Random float embeddings (no accidental near-ties) with exact duplicates: video 4 = video 3, caption 1 =
+    caption 0. For DSL, whose exp and softmax round differently in the two computations."""
+    torch.manual_seed(seed)
+    text_video = captions_of_videos(np.random.default_rng(seed))
+    v = F.normalize(torch.randn(23, 1, D), dim=-1)
+    v[4] = v[3]
+    t = F.normalize(v[text_video] + 0.7 * torch.randn(50, 1, D), dim=-1)
+    t[1] = t[0]
+    return t, torch.ones(50, 1), v, text_video
+
+
+def bank_data(seed=1):
+    """A query bank of 30 captions and 20 videos with random float embeddings."""
+    torch.manual_seed(seed)
+    return F.normalize(torch.randn(30, 1, D), dim=-1), torch.ones(30, 1), F.normalize(torch.randn(20, 1, D), dim=-1)
+
+
+@pytest.mark.parametrize("rescore", ["none", "qbnorm"])
+def test_exact_scores_with_ties_rank_identically(rescore):
+    head, bank = MeanP(D), bank_data()
+    t, gate, v, text_video = tied_integer_data()
+    want_t2v, want_v2t = reference_ranks(head, t, gate, v, text_video, rescore, bank)
+    assert (want_t2v[text_video == 3] >= 2).all()  # the duplicate video ties with the true one: ranks are not 1
+    for chunk in CHUNKS:
+        got_t2v, got_v2t = chunked_ranks(head, t, gate, v, text_video, rescore=rescore, bank=bank, chunk=chunk)
+        assert np.array_equal(got_t2v, want_t2v), (rescore, chunk)
+        assert np.array_equal(got_v2t, want_v2t), (rescore, chunk)
+
+
+@pytest.mark.parametrize("rescore", MODES)
+def test_float_scores_with_duplicates_rank_identically(rescore):
+    head, bank = MeanP(D), bank_data()
+    t, gate, v, text_video = tied_float_data()
+    want_t2v, want_v2t = reference_ranks(head, t, gate, v, text_video, rescore, bank)
+    for chunk in CHUNKS:
+        got_t2v, got_v2t = chunked_ranks(head, t, gate, v, text_video, rescore=rescore, bank=bank, chunk=chunk)
+        assert np.array_equal(got_t2v, want_t2v), (rescore, chunk)
+        assert np.array_equal(got_v2t, want_v2t), (rescore, chunk)
+
+
+@pytest.mark.parametrize("rescore", MODES)
+def test_all_equal_scores_give_worst_ranks(rescore):
+    text_video = captions_of_videos(np.random.default_rng(0))
+    t, v = torch.zeros(50, 1, D), torch.zeros(23, 1, D)  # every score is 0
+    bank = (torch.zeros(30, 1, D), torch.ones(30, 1), torch.zeros(20, 1, D))
+    t2v, v2t = chunked_ranks(MeanP(D), t, torch.ones(50, 1), v, text_video, rescore=rescore, bank=bank, chunk=4)
+    assert (t2v == 23).all() and (v2t == 23).all()
+
+
+@pytest.mark.parametrize("rescore", MODES)
+def test_several_experts_and_a_head_with_its_own_similarity(rescore):
+    """The one-product path (gate folded into the text embeddings) and a head's own ``similarity``."""
+
+    class OwnSimilarity(MeanP):
+        def similarity(self, t, gate, v):
+            return super().similarity(t, gate, v)
+
+    torch.manual_seed(2)
+    text_video = captions_of_videos(np.random.default_rng(2))
+    v = F.normalize(torch.randn(23, 3, D), dim=-1)
+    t = F.normalize(v[text_video] + torch.randn(50, 3, D), dim=-1)
+    gate = torch.softmax(torch.randn(50, 3), dim=1)
+    bank = (F.normalize(torch.randn(30, 3, D), dim=-1), torch.softmax(torch.randn(30, 3), 1),
+            F.normalize(torch.randn(20, 3, D), dim=-1))
+    for head in (MeanP(D), OwnSimilarity(D)):
+        want = reference_ranks(head, t, gate, v, text_video, rescore, bank)
+        got = chunked_ranks(head, t, gate, v, text_video, rescore=rescore, bank=bank, chunk=7)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_plan_blocks_keeps_each_videos_captions_in_its_block():
+    text_video = np.array([2, 0, 1, 1, 1, 1, 1, 0, 3, 2])  # video 1 has 5 captions, more than chunk=3
+    blocks = plan_blocks(text_video, 4, chunk=3)
+    assert np.array_equal(text_video[blocks.order], blocks.text_video)
+    assert np.array_equal(blocks.text_video, np.sort(text_video))
+    seen = []
+    for b in range(len(blocks)):
+        videos, texts = blocks.videos(b), blocks.texts(b)
+        assert set(blocks.text_video[texts]) == set(range(videos.start, videos.stop))  # whole groups, no others
+        assert videos.stop - videos.start <= 3
+        assert texts.stop - texts.start <= 3 or videos.stop - videos.start == 1  # only a lone big video exceeds
+        seen += list(range(videos.start, videos.stop))
+    assert seen == [0, 1, 2, 3]
+    assert blocks.video_bounds.tolist() == [0, 1, 2, 4] and blocks.text_bounds.tolist() == [0, 2, 7, 10]
+    assert blocks.max_group.tolist() == [2, 5, 2]
+
+
+@pytest.mark.parametrize("rescore", MODES)
+def test_evaluate_report_is_the_whole_matrix_report(rescore):
+    data = make_cache(wrong=True)  # ranks are spread out, not all 1
+    head = MeanP(16)
+    test, train = data.select("test"), data.select("train")
+    t, gate, v = encode_all(head, test)
+    want_t2v, want_v2t = reference_ranks(head, t, gate, v, test.text_video, rescore, encode_all(head, train))
+    for chunk in (2, 3, 4096):
+        report = evaluate(head, data, rescore=rescore, bank=data, chunk=chunk)
+        assert report["t2v"] == retrieval_metrics(want_t2v) and report["v2t"] == retrieval_metrics(want_v2t)
+
+
+def test_errors():
+    t, gate, v, text_video = tied_float_data()
+    bad = t.clone()
+    bad[5, 0, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        chunked_ranks(MeanP(D), bad, gate, v, text_video, chunk=4)
+    with pytest.raises(ValueError, match="have no caption"):
+        chunked_ranks(MeanP(D), t, gate, v, np.where(text_video == 5, 6, text_video))
+    with pytest.raises(ValueError, match="query bank"):
+        chunked_ranks(MeanP(D), t, gate, v, text_video, rescore="qbnorm")
+    with pytest.raises(ValueError, match="rescore must be one of"):
+        chunked_ranks(MeanP(D), t, gate, v, text_video, rescore="softmax")
+    with pytest.raises(ValueError, match="chunk must be"):
+        chunked_ranks(MeanP(D), t, gate, v, text_video, chunk=0)
