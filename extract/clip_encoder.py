@@ -12,9 +12,14 @@ Three ways to name a model (``--clip``):
   that shape, for offline tests and the demo. Its embeddings carry information about the pixels and the
   tokens, but the two towers share no embedding space: zero-shot retrieval with it is at chance, and no
   number made with it says anything about CLIP on real data. Caches and reports label it.
+
+Precision (``--precision``, `PRECISIONS`): ``auto`` is fp16 on a GPU (as OpenAI's CLIP runs there), bf16
+on a CPU with native bfloat16 instructions (autocast over fp32 weights for the image tower: about
+1.7-2x faster, cosine to fp32 >= 0.9999; captions stay fp32, exact), and fp32 otherwise. ``fp32`` is the model's plain forward.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -42,6 +47,57 @@ RANDOM_ARCHS = {
                      vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=512,
                      transformer_heads=8, transformer_layers=12),
 }
+
+
+# Precisions CLIP can run in (``--precision``). "auto": fp16 on a GPU, bf16 on a CPU with native bfloat16
+# instructions, fp32 otherwise. bf16 runs the fp32 weights under torch.autocast (matrix products in
+# bfloat16, accumulation and normalisation in float32); fp16 converts the weights, as OpenAI's CLIP does
+# on a GPU. Either way embeddings come out as float32 and are stored as float16.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# x86 /proc/cpuinfo flags of native bfloat16 matrix instructions (AVX512-BF16, AMX). Without them oneDNN
+# emulates bf16, which is no faster than fp32; other CPUs (ARM) are not measured here, so they get fp32.
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux x86); empty where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True only when both the CPU (its flags) and this torch build (oneDNN with bf16) do bfloat16 natively.
+    Unsure (no /proc/cpuinfo, no oneDNN, an unknown torch) means False: fp32 is never wrong, only slower."""
+    if not any(flag in cpu_flags() for flag in _BF16_FLAGS):
+        return False
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check()) if check is not None else True
+    except Exception:  # noqa: BLE001 - a torch without these probes: be conservative
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> fp16 on CUDA, bf16 on a CPU with native bfloat16 (`cpu_has_native_bf16`), else fp32;
+    an explicit choice is checked against the device. Raises ValueError for an unknown or unusable one."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: unknown; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"--precision fp16 runs CLIP's weights in float16, which only a GPU does fast; on "
+                         f"{device} use bf16 (fast where the CPU has bfloat16 instructions) or fp32")
+    return precision
 
 
 class ClipWeightsMissing(RuntimeError):
@@ -79,6 +135,7 @@ class ClipEncoder:
     sha256: str  # of the weights file, or of the random model's state dict
     is_random: bool
     device: torch.device
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16 (see PRECISIONS)
 
     @property
     def resolution(self) -> int:
@@ -92,40 +149,83 @@ class ClipEncoder:
     def dtype(self) -> torch.dtype:
         return self.model.visual.conv1.weight.dtype
 
+    def _normaliser(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(255 * mean, 1 / (255 * std)) in float32 on the model's device, made once: uint8 pixels then
+        need one subtraction and one multiplication, both in place."""
+        if getattr(self, "_norm", None) is None:
+            mean = torch.tensor(CLIP_MEAN, dtype=torch.float64).view(1, 3, 1, 1) * 255
+            scale = 1.0 / (torch.tensor(CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1) * 255)
+            self._norm = (mean.to(self.device, torch.float32), scale.to(self.device, torch.float32))
+        return self._norm
+
+    def _autocast(self):
+        """bf16: torch.autocast around the image tower's forward (fp32 weights, bfloat16 matrix products);
+        fp32 and fp16 need nothing (the weights are already in that dtype).
+
+        Measured with random:ViT-B/32 on 2 AVX512-BF16 cores (under load): images 1.8-2.1x faster, min
+        cosine to fp32 0.99994. The text tower stays in fp32: it would gain only 1.4-1.7x on a stage that
+        is already cheap, and in bf16 a caption's embedding would depend on the padding of its batch (up to
+        0.016 apart), where in fp32 it is exactly the 77-token embedding whatever the batch.
+        """
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP's image tower at this encoder's precision: normalised [B, 3, R, R] (on the device, in
+        `dtype`) -> float32 embeddings [B, D] on the device."""
+        with self._autocast():
+            return self.model.encode_image(x).float()
+
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 RGB frames [B, R, R, 3] (already resized and cropped) -> float16 embeddings [B, D]."""
-        x = torch.from_numpy(np.ascontiguousarray(frames))
+        """uint8 RGB frames [B, R, R, 3] (already resized and cropped) -> float16 embeddings [B, D].
+
+        The frames go to the device as uint8 (a quarter of the bytes of float32), from pinned memory
+        without blocking on a GPU; conversion and CLIP's normalisation happen there, once per batch.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(frames))  # no copy
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
-        mean = torch.tensor(CLIP_MEAN, dtype=self.dtype, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, dtype=self.dtype, device=self.device).view(1, 3, 1, 1)
-        return self.model.encode_image((x - mean) / std).float().cpu().numpy().astype(np.float16)
+        mean, scale = self._normaliser()
+        # normalised in float32 (exact enough for any model dtype), then cast: a no-op on the CPU
+        x = x.permute(0, 3, 1, 2).float().sub_(mean).mul_(scale).to(self.dtype)
+        return self.encode_image(x).to("cpu", torch.float16).numpy()
 
-    @torch.no_grad()
-    def encode_texts(self, texts: list[str], max_tokens: int = 77) -> np.ndarray:
-        """Captions -> float16 embeddings [B, D], read at the batch's real token length.
-
-        ``max_tokens`` counts the start and end tokens, as CLIP4Clip's ``max_words`` does: a longer caption
-        keeps its first ``max_tokens - 2`` words' tokens and gets the end token after them.
-        CLIP's text attention is causal and the embedding is read at the end-of-text token, so cutting
-        the 77-token context to the longest caption in the batch gives the same embeddings, much faster.
-        """
+    def tokenize(self, texts: list[str], max_tokens: int = 77) -> torch.Tensor:
+        """CLIP's BPE tokens [N, 77] (zero-padded), each text cut to ``max_tokens`` tokens, start and end
+        included, as CLIP4Clip's ``max_words`` does: a longer text keeps its first ``max_tokens - 2`` BPE
+        tokens and gets the end token after them."""
         clip = _import_clip()
         tokens = clip.tokenize(texts, truncate=True)
-        eot = tokens.max()  # end-of-text has the largest token id
         if max_tokens < tokens.shape[1]:
+            eot = clip.clip._tokenizer.encoder["<|endoftext|>"]
             long = tokens[:, max_tokens - 1] != 0
-            tokens = tokens[:, :max_tokens].clone()
+            tokens[:, max_tokens:] = 0
             tokens[long, max_tokens - 1] = eot
+        return tokens
+
+    @torch.no_grad()
+    def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
+        """Tokens [B, L] from `tokenize` -> float16 embeddings [B, D], read at the batch's real length.
+
+        CLIP's text attention is causal and the embedding is read at the end-of-text token (the largest
+        id in a row), so dropping the padding after the longest row's end token changes nothing, and costs
+        far less than CLIP's full 77-token context.
+        """
         length = int(tokens.argmax(dim=-1).max()) + 1
         tokens = tokens[:, :length].to(self.device)
-        return self.model.encode_text(tokens).float().cpu().numpy().astype(np.float16)
+        emb = self.model.encode_text(tokens)  # fp32 under bf16 too: see _autocast
+        return emb.to("cpu", torch.float16).numpy()
+
+    def encode_texts(self, texts: list[str], max_tokens: int = 77) -> np.ndarray:
+        """Captions -> float16 embeddings [B, D]: `tokenize` then `encode_tokens` (one batch)."""
+        return self.encode_tokens(self.tokenize(texts, max_tokens))
 
     def describe(self) -> str:
         label = " (random weights: not meaningful for real retrieval)" if self.is_random else ""
-        return f"CLIP {self.name}{label}, {self.resolution}px, {self.dim}-d, on {self.device}"
+        return f"CLIP {self.name}{label}, {self.resolution}px, {self.dim}-d, on {self.device} in {self.precision}"
 
 
 def _state_sha256(model: torch.nn.Module) -> str:
@@ -136,9 +236,9 @@ def _state_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _finish(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def _finish(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
     model = model.to(device).eval()
-    model = model.half() if device.type == "cuda" else model.float()  # fp16 on GPU, fp32 on CPU
+    model = model.half() if precision == "fp16" else model.float()  # bf16 keeps fp32 weights (autocast)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -175,14 +275,19 @@ def _load_checkpoint(path: Path):
     return model
 
 
-def load_clip(spec: str, device: str = "auto", download_root: str | Path | None = None) -> ClipEncoder:
-    """Load a frozen CLIP by OpenAI name, checkpoint path or ``random:SHAPE[:SEED]`` (see the module doc)."""
+def load_clip(spec: str, device: str = "auto", download_root: str | Path | None = None,
+              precision: str = "auto") -> ClipEncoder:
+    """Load a frozen CLIP by OpenAI name, checkpoint path or ``random:SHAPE[:SEED]`` (see the module doc).
+
+    ``precision`` is one of `PRECISIONS` (see `resolve_precision`); checked before any weights are read.
+    """
     clip = _import_clip()
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     if spec.startswith("random:"):
         arch, _, seed = spec[len("random:"):].partition(":")
         model = build_random(arch, int(seed or 0))
-        return ClipEncoder(_finish(model, dev), spec, _state_sha256(model), True, dev)
+        return ClipEncoder(_finish(model, dev, prec), spec, _state_sha256(model), True, dev, prec)
 
     if spec in clip.available_models():
         url = clip.clip._MODELS[spec]
@@ -200,11 +305,11 @@ def load_clip(spec: str, device: str = "auto", download_root: str | Path | None 
         if digest != expected:
             raise ClipWeightsMissing(f"{path}: SHA256 {digest[:12]}... does not match OpenAI's {expected[:12]}... "
                                      f"for {spec}; the file is damaged or another model")
-        return ClipEncoder(_finish(_load_checkpoint(path), dev), spec, digest, False, dev)
+        return ClipEncoder(_finish(_load_checkpoint(path), dev, prec), spec, digest, False, dev, prec)
 
     path = Path(spec).expanduser()
     if path.is_file():
-        return ClipEncoder(_finish(_load_checkpoint(path), dev), str(path), sha256_file(path), False, dev)
+        return ClipEncoder(_finish(_load_checkpoint(path), dev, prec), str(path), sha256_file(path), False, dev, prec)
     raise ClipWeightsMissing(
         f"--clip {spec}: neither an OpenAI model name ({', '.join(clip.available_models())}), "
         f"nor an existing checkpoint file, nor random:SHAPE ({', '.join(RANDOM_ARCHS)})"

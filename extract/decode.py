@@ -8,6 +8,7 @@ Everything here is a pure function of (path, settings), so it can run in worker 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -61,6 +62,7 @@ class Frames:
     frames: np.ndarray  # [T, R, R, 3] uint8, RGB, T <= max_frames, in time order
     duration: float  # seconds, from ffprobe
     n_sampled: int  # frames at `fps` before the uniform choice of max_frames
+    passes: int = 1  # ffmpeg runs it took: 2 when the frame count was not the one the duration predicted
 
 
 def _last_line(text: str) -> str:
@@ -156,30 +158,86 @@ def _filter_graph(path: Path, resolution: int, fps: float, threads: int):
     return out.global_args("-nostdin", "-loglevel", "error", "-filter_threads", str(max(threads, 1)))
 
 
-def sample_frames(
-    path: str | Path, resolution: int, fps: float = 1.0, max_frames: int = 12, *, threads: int = 1,
-    timeout: float | None = None,
-) -> Frames:
-    """Decode ``path`` and return up to ``max_frames`` frames of ``resolution`` x ``resolution`` RGB.
+# How far the real number of sampled frames may be from ceil(duration * fps) and still be handled in one
+# pass. ffprobe's duration predicts the count exactly on every file we tried; the slack covers rounding and
+# container quirks, and anything further off is decoded a second time (exact, just slower).
+COUNT_SLACK = 2
 
-    Frames are taken at ``fps`` (at times 0, 1/fps, 2/fps, ...), then ``uniform_indices`` keeps at most
-    ``max_frames`` of them. ``threads`` is ffmpeg's decoder/filter thread count: 1 suits extraction, which
-    runs one decoder per core; 0 lets ffmpeg pick when decoding a single video. ``timeout`` (seconds, None
-    for no limit) kills an ffmpeg that takes longer, e.g. on a file that never ends. No padding is done here.
-    Raises DecodeError naming the file when it is missing, has no video, or ffmpeg fails or yields nothing.
+
+def expected_count(duration: float, fps: float) -> int | None:
+    """How many frames ``fps=..:round=up`` gives for ``duration`` seconds; None when the duration is unknown."""
+    if not math.isfinite(duration) or duration <= 0:
+        return None
+    return max(1, math.ceil(round(duration * fps, 6)))  # round(): 10.000000001 s is 10 frames, not 11
+
+
+def candidate_indices(expected: int, max_frames: int, slack: int = COUNT_SLACK) -> np.ndarray:
+    """Every frame ``uniform_indices(n, max_frames)`` may pick for n within ``slack`` of ``expected``."""
+    counts = range(max(1, expected - slack), expected + slack + 1)
+    return np.unique(np.concatenate([uniform_indices(n, max_frames) for n in counts]))
+
+
+class _FrameKeeper:
+    """Reads rgb24 frames off a pipe and keeps only those whose index is in ``wanted`` (None: keep all).
+
+    Kept frames are read straight into a preallocated array, the others into one scratch frame, so a
+    10-minute video holds a few dozen frames in memory instead of 600.
     """
-    path = Path(path)
-    if resolution < 1 or fps <= 0 or max_frames < 1:
-        raise ValueError(f"sample_frames needs resolution >= 1, fps > 0, max_frames >= 1 "
-                         f"(got {resolution}, {fps}, {max_frames})")
-    info = probe(path)  # also checks the file exists and has a video stream
-    args = _filter_graph(path, resolution, fps, threads).compile(cmd=ffmpeg_binary())
-    frame_bytes = resolution * resolution * 3
-    frames: list[np.ndarray] = []
+
+    def __init__(self, resolution: int, wanted: np.ndarray | None):
+        self.shape = (resolution, resolution, 3)
+        self.frame_bytes = resolution * resolution * 3
+        self.slot = None if wanted is None else {int(i): k for k, i in enumerate(wanted)}
+        self.kept = np.empty((0 if wanted is None else len(wanted), *self.shape), np.uint8)
+        self.all: list[np.ndarray] = []
+        self.scratch = np.empty(self.shape, np.uint8)
+        self.count = 0
+
+    def _target(self) -> np.ndarray:
+        if self.slot is None:
+            frame = np.empty(self.shape, np.uint8)
+            self.all.append(frame)
+            return frame
+        k = self.slot.get(self.count)
+        return self.scratch if k is None else self.kept[k]
+
+    def read_all(self, stream) -> None:
+        """Read frames until the end of ``stream`` (a partial last frame, from a dying ffmpeg, is dropped)."""
+        while True:
+            view = memoryview(self._target()).cast("B")
+            got = 0
+            while got < self.frame_bytes:
+                n = stream.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            if got < self.frame_bytes:
+                if self.slot is None and self.all:
+                    self.all.pop()
+                return
+            self.count += 1
+
+    def choose(self, max_frames: int) -> np.ndarray | None:
+        """The CLIP4Clip choice over the ``count`` frames read, or None if a needed frame was not kept."""
+        keep = uniform_indices(self.count, max_frames)
+        if self.slot is None:
+            return np.stack([self.all[i] for i in keep]) if len(keep) else self.kept
+        if any(int(i) not in self.slot for i in keep):
+            return None
+        return self.kept[[self.slot[int(i)] for i in keep]]
+
+
+def _run_ffmpeg(path: Path, args: list[str], keeper: _FrameKeeper, timeout: float | None, nice: int) -> None:
+    """Run ffmpeg, feeding its stdout to ``keeper``; DecodeError on a timeout or a failed exit."""
     # stderr goes to a temp file rather than a pipe: a chatty ffmpeg can then never block on a full pipe
     # while we are blocked reading stdout.
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        if nice and hasattr(os, "setpriority"):
+            try:  # set from outside: preexec_fn is unsafe in a threaded parent
+                os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
+            except OSError:
+                pass  # it already finished, or the OS refuses: only the scheduling changes
         timed_out = threading.Event()
 
         def kill():
@@ -190,11 +248,7 @@ def sample_frames(
         if watchdog:
             watchdog.start()
         try:
-            while True:
-                chunk = proc.stdout.read(frame_bytes)  # blocks until a whole frame or end of stream
-                if len(chunk) < frame_bytes:  # the end (a short chunk means ffmpeg died mid-frame)
-                    break
-                frames.append(np.frombuffer(chunk, np.uint8).reshape(resolution, resolution, 3))
+            keeper.read_all(proc.stdout)
             proc.stdout.close()
             code = proc.wait()
         finally:
@@ -209,7 +263,45 @@ def sample_frames(
         raise DecodeError(f"{path}: ffmpeg did not finish within {timeout} s")
     if code != 0:
         raise DecodeError(f"{path}: ffmpeg could not decode it (exit {code}): {_last_line(stderr)}")
-    if not frames:
+    if keeper.count == 0:
         raise DecodeError(f"{path}: ffmpeg decoded no frames" + (f": {_last_line(stderr)}" if stderr.strip() else ""))
-    keep = uniform_indices(len(frames), max_frames)
-    return Frames(frames=np.stack([frames[i] for i in keep]), duration=info.duration, n_sampled=len(frames))
+
+
+def sample_frames(
+    path: str | Path, resolution: int, fps: float = 1.0, max_frames: int = 12, *, threads: int = 1,
+    timeout: float | None = None, nice: int = 0,
+) -> Frames:
+    """Decode ``path`` and return up to ``max_frames`` frames of ``resolution`` x ``resolution`` RGB.
+
+    Frames are taken at ``fps`` (at times 0, 1/fps, 2/fps, ...), then ``uniform_indices`` keeps at most
+    ``max_frames`` of them. ``threads`` is ffmpeg's decoder/filter thread count: 1 suits extraction, which
+    runs one decoder per core; 0 lets ffmpeg pick when decoding a single video. ``timeout`` (seconds, None
+    for no limit) kills an ffmpeg that takes longer, e.g. on a file that never ends. ``nice`` (Unix) lowers
+    ffmpeg's scheduling priority by that much (0: unchanged).
+    No padding is done here.
+
+    Only the frames the choice can need are kept while reading: the count is predicted from ffprobe's
+    duration (ceil(duration * fps)), and every frame the choice could pick for a count within
+    ``COUNT_SLACK`` of it is kept. If the real count is further off, the video is decoded again keeping
+    exactly the frames that count needs, so the frames returned never depend on the prediction.
+    Raises DecodeError naming the file when it is missing, has no video, or ffmpeg fails or yields nothing.
+    """
+    path = Path(path)
+    if resolution < 1 or fps <= 0 or max_frames < 1:
+        raise ValueError(f"sample_frames needs resolution >= 1, fps > 0, max_frames >= 1 "
+                         f"(got {resolution}, {fps}, {max_frames})")
+    info = probe(path)  # also checks the file exists and has a video stream
+    args = _filter_graph(path, resolution, fps, threads).compile(cmd=ffmpeg_binary())
+    expected = expected_count(info.duration, fps)
+    keeper = _FrameKeeper(resolution, None if expected is None else candidate_indices(expected, max_frames))
+    _run_ffmpeg(path, args, keeper, timeout, nice)
+    chosen = keeper.choose(max_frames)
+    if chosen is not None:
+        return Frames(frames=chosen, duration=info.duration, n_sampled=keeper.count)
+    # The duration misled us: decode again, now keeping exactly the frames the real count needs.
+    count = keeper.count
+    keeper = _FrameKeeper(resolution, uniform_indices(count, max_frames))
+    _run_ffmpeg(path, args, keeper, timeout, nice)
+    if keeper.count != count:
+        raise DecodeError(f"{path}: ffmpeg gave {count} frames, then {keeper.count} on a second decode")
+    return Frames(frames=keeper.choose(max_frames), duration=info.duration, n_sampled=count, passes=2)

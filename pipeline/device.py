@@ -5,6 +5,8 @@ import torch
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cpu`` / ``cuda[:N]`` as given. Asking for CUDA on a machine
+    without it is a RuntimeError that says so (never a silent fall back to the CPU)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

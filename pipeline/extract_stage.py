@@ -8,10 +8,13 @@ Work is keyed by id: a video or caption already in the cache (or in a part an in
 never decoded or encoded again, so rerunning after a kill, or after adding videos, does only what is
 missing. Decoding runs in worker threads (each drives its own ffmpeg process, so the work happens outside
 the GIL) a bounded window ahead of the main thread, which batches frames from several videos through CLIP.
+Results are consumed in dataset order, so the cache does not depend on the number of workers.
+Captions are encoded at their real token length, sorted by length, each distinct text once.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import deque
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from vtr.cache import FAILED, CacheWriter, TextRow, VideoRow
@@ -46,6 +50,13 @@ class ExtractStats:
     phrases_encoded: int = 0  # distinct phrases sent through CLIP
     frames_encoded: int = 0
     seconds: float = 0.0
+    # Where the video part's wall time went, in the main thread (decoding runs in worker threads meanwhile):
+    video_seconds: float = 0.0  # decode + CLIP of the videos, end to end
+    clip_seconds: float = 0.0  # CLIP busy on frames
+    decode_wait_seconds: float = 0.0  # waiting for a decoded video (CLIP idle)
+    write_seconds: float = 0.0  # cache rows and part files
+    text_seconds: float = 0.0  # parsing and encoding the captions
+    precision: str = ""  # CLIP's precision in this run (fp32, bf16, fp16); not a cache setting, see cache_settings
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +71,16 @@ def _parser_setting() -> str:
 
 
 def cache_settings(dataset: Dataset, encoder: ClipEncoder, fps: float, max_words: int) -> dict:
-    """The settings that define a cache: two runs may share a file only when these are equal."""
+    """The settings that define a cache: two runs may share a file only when these are equal.
+
+    CLIP's precision (``encoder.precision``) is deliberately not one of them: it is logged and returned in
+    `ExtractStats`, like the device. Keying caches by it would refuse every cache made before it existed,
+    and a cache begun on a GPU (fp16) could no longer be resumed, or its shards combined, on CPU machines
+    (fp16 is GPU-only). vtr has always let GPU fp16 and CPU fp32 rows share a cache, and bf16 rows are as
+    close: cosine to the fp32 embedding >= 0.99994 for frames and captions (random ViT-B/32, measured),
+    largest element error about 1% of the element. Who needs one precision throughout runs every resume
+    with the same --precision (fp32 for exact fp32 features).
+    """
     return {
         "dataset": dataset.name,
         "clip_model": encoder.name,
@@ -76,10 +96,30 @@ def cache_settings(dataset: Dataset, encoder: ClipEncoder, fps: float, max_words
     }
 
 
-def _decode(item: VideoItem, resolution: int, fps: float, max_frames: int):
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells, else all of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class DecodeOptions:
+    """How each worker runs ffmpeg (see vtr.extract.decode.sample_frames)."""
+
+    resolution: int
+    fps: float
+    max_frames: int
+    threads: int = 1  # ffmpeg threads per video: parallelism comes from the workers
+    nice: int = 0
+
+
+def _decode(item: VideoItem, opt: DecodeOptions):
     """Decode one video; a failure is returned (not raised) so the run records it and goes on."""
     try:
-        frames = sample_frames(item.path, resolution=resolution, fps=fps, max_frames=max_frames)
+        frames = sample_frames(item.path, resolution=opt.resolution, fps=opt.fps, max_frames=opt.max_frames,
+                               threads=opt.threads, nice=opt.nice)
         return item, frames.frames, frames.duration, ""
     except DecodeError as e:
         return item, None, 0.0, str(e)
@@ -87,38 +127,77 @@ def _decode(item: VideoItem, resolution: int, fps: float, max_frames: int):
         return item, None, 0.0, f"{item.path}: {type(e).__name__}: {e}"
 
 
-def _decoded_in_order(items, resolution, fps, max_frames, workers):
-    """Yield decode results in dataset order, keeping at most 2 * workers videos in flight."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        window: deque = deque()
-        it = iter(items)
-        for item in it:
-            window.append(pool.submit(_decode, item, resolution, fps, max_frames))
-            if len(window) >= 2 * workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+def decode_window(workers: int, batch_frames: int, max_frames: int) -> int:
+    """Videos decoded ahead of CLIP: enough to fill two CLIP batches, so the decoders keep working while
+    CLIP encodes a batch, and at least two per worker. Memory: about 2 * batch_frames frames (77 MB for
+    256 frames at 224 px)."""
+    return max(2 * workers, math.ceil(2 * batch_frames / max(1, max_frames)))
 
 
-def _extract_videos(todo, writer, encoder, fps, max_frames, workers, batch_frames, stats, progress, log):
+def decoded_in_order(items, opt: DecodeOptions, workers: int, window: int):
+    """Yield ``(item, frames, duration, error)`` in the order of ``items``.
+
+    ``workers`` threads each drive one ffmpeg process at a time (the pixel work happens in ffmpeg, outside
+    the GIL); at most ``window`` videos are decoded or held ahead of the consumer, which bounds memory.
+    Results come in order whatever order the decoders finish in, so what the consumer does (e.g. how it
+    batches frames for CLIP) does not depend on the number of workers.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vtr-decode") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(_decode, item, opt))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the consumer stopped early (an error, a kill): do not start what is still queued
+            for f in pending:
+                f.cancel()
+
+
+@dataclass
+class _Timer:
+    """Wall time the main thread spent in each part of the video loop."""
+
+    clip: float = 0.0  # inside encode_frames
+    wait: float = 0.0  # blocked on the next decoded video
+    write: float = 0.0  # handing rows to the cache writer (and its flushes)
+
+
+def _extract_videos(todo, writer, encoder, opt: DecodeOptions, workers, batch_frames, stats, progress, log):
     pending: list[tuple] = []  # decoded videos waiting for a full CLIP batch
+    timer = _Timer()
 
     def encode_pending():
         if not pending:
             return
+        t = time.perf_counter()
         frames = np.concatenate([f for _, f, _ in pending])
         emb = encoder.encode_frames(frames)
+        timer.clip += time.perf_counter() - t
         stats.frames_encoded += len(frames)
+        t = time.perf_counter()
         start = 0
         for item, f, duration in pending:
             writer.add_video(VideoRow(item.id, item.split, str(item.path), duration, emb[start:start + len(f)]))
             start += len(f)
             stats.videos_decoded += 1
+        timer.write += time.perf_counter() - t
         pending.clear()
 
     bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress)
     n_pending_frames = 0
-    for item, frames, duration, error in _decoded_in_order(todo, encoder.resolution, fps, max_frames, workers):
+    window = decode_window(workers, batch_frames, opt.max_frames)
+    results = decoded_in_order(todo, opt, workers, window)
+    t_start = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        result = next(results, None)
+        timer.wait += time.perf_counter() - t
+        if result is None:
+            break
+        item, frames, duration, error = result
         if frames is None:
             writer.add_video(VideoRow(item.id, item.split, str(item.path), 0.0,
                                       np.zeros((0, encoder.dim), np.float16), FAILED, error))
@@ -133,16 +212,24 @@ def _extract_videos(todo, writer, encoder, fps, max_frames, workers, batch_frame
         bar.update(1)
     encode_pending()
     bar.close()
+    stats.video_seconds = time.perf_counter() - t_start
+    stats.clip_seconds, stats.decode_wait_seconds, stats.write_seconds = timer.clip, timer.wait, timer.write
 
 
-def _encode_sorted(encoder: ClipEncoder, texts: list[str], batch_size: int, bar=None,
-                   max_tokens: int = 77) -> np.ndarray:
-    """CLIP text embeddings of ``texts`` [N, D], batching texts of similar length (less padding to read)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+def encode_sorted(encoder: ClipEncoder, texts: list[str], batch_size: int, bar=None,
+                  max_tokens: int = 77) -> np.ndarray:
+    """CLIP text embeddings of ``texts`` [N, D] float16, in the order given.
+
+    Texts are tokenized once, sorted by token count and encoded in batches of similar length, each at its
+    longest row's length: a batch of 8-token phrases costs about a tenth of the same batch at 77 tokens.
+    """
+    tokens = encoder.tokenize(texts, max_tokens)
+    lengths = tokens.argmax(dim=-1).numpy() + 1  # the end-of-text token has the largest id
+    order = np.argsort(lengths, kind="stable")
     emb = np.zeros((len(texts), encoder.dim), np.float16)
     for b in range(0, len(order), batch_size):
         rows = order[b:b + batch_size]
-        emb[rows] = encoder.encode_texts([texts[i] for i in rows], max_tokens)
+        emb[rows] = encoder.encode_tokens(tokens[torch.from_numpy(rows)])
         if bar is not None:
             bar.update(len(rows))
     return emb
@@ -161,17 +248,20 @@ class EncodedCaptions:
 
 def encode_captions(encoder: ClipEncoder, texts: list[str], batch_size: int = 256,
                     phrase_memo: dict[str, np.ndarray] | None = None, bar=None,
-                    max_words: int = 77) -> EncodedCaptions:
-    """Parse ``texts`` and encode the sentences and their phrases with CLIP.
+                    max_words: int = 77, parses: list | None = None) -> EncodedCaptions:
+    """Parse ``texts`` (unless their ``parses`` are given) and encode the sentences and phrases with CLIP.
 
     Each distinct phrase is encoded once: ``phrase_memo`` (phrase -> embedding) carries them across calls.
+    Each distinct sentence of the call is encoded once. Sentences are cut to ``max_words`` tokens; phrases
+    are short and never cut.
     """
     from vtr.extract.parse import parse_captions
 
     memo = {} if phrase_memo is None else phrase_memo
-    parses = parse_captions(texts)
+    if parses is None:
+        parses = parse_captions(texts)
     new = sorted({p for pr in parses for p in (*pr.action, *pr.entity, *pr.scene)} - memo.keys())
-    memo.update(zip(new, _encode_sorted(encoder, new, batch_size)))
+    memo.update(zip(new, encode_sorted(encoder, new, batch_size)))
     phrases = np.zeros((len(texts), 3, encoder.dim), np.float16)
     mask = np.zeros((len(texts), 3), bool)
     for i, pr in enumerate(parses):
@@ -179,7 +269,13 @@ def encode_captions(encoder: ClipEncoder, texts: list[str], batch_size: int = 25
             if stream:
                 phrases[i, k] = np.mean([memo[p].astype(np.float32) for p in stream], axis=0)
                 mask[i, k] = True
-    sentence = _encode_sorted(encoder, texts, batch_size, bar, max_words)
+    # Datasets repeat captions (MSVD: 80,827 captions, 61,846 distinct, repeats mostly next to each other):
+    # each distinct sentence of the call is encoded once.
+    distinct = list(dict.fromkeys(texts))
+    row = {t: i for i, t in enumerate(distinct)}
+    sentence = encode_sorted(encoder, distinct, batch_size, None, max_words)[[row[t] for t in texts]]
+    if bar is not None:
+        bar.update(len(texts))
     return EncodedCaptions(sentence, parses, phrases, mask, len(new))
 
 
@@ -213,13 +309,24 @@ def run_extract(
     retry_failed: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    decode_threads: int = 1,
+    decode_nice: int = 0,
 ) -> ExtractStats:
-    """Bring the cache at ``out`` up to date with ``dataset``; return what was done."""
+    """Bring the cache at ``out`` up to date with ``dataset``; return what was done.
+
+    ``workers`` decode threads (default: one per usable core) each run one ffmpeg with ``decode_threads``
+    threads, ``window`` videos ahead of CLIP, which encodes ``batch_frames`` frames at a time in this
+    thread. ``decode_nice`` is ffmpeg's niceness (Unix). It stays 0 by default: with CLIP on the CPU, niced
+    decoders starved whenever other programs shared the machine (CLIP then waited 10 times longer for
+    frames, measured), while at 0 the pipeline used no more CPU time than decoding and CLIP apart.
+    The cache does not depend on any of these: only speed does.
+    """
     t0 = time.time()
     max_frames = max_frames or dataset.max_frames
     max_words = max_words or dataset.max_words
-    workers = workers or max(1, os.cpu_count() or 1)
-    stats = ExtractStats(videos=len(dataset.videos), captions=len(dataset.captions))
+    workers = workers or usable_cores()
+    opt = DecodeOptions(encoder.resolution, fps, max_frames, decode_threads, decode_nice)
+    stats = ExtractStats(videos=len(dataset.videos), captions=len(dataset.captions), precision=encoder.precision)
     settings = cache_settings(dataset, encoder, fps, max_words)
     with CacheWriter(out, settings, max_frames=max_frames, dim=encoder.dim, flush_every=flush_every) as w:
         known = w.video_status
@@ -229,13 +336,16 @@ def run_extract(
         if todo_v:
             log(f"decoding and encoding {len(todo_v)} videos ({stats.videos_cached} already cached) "
                 f"with {encoder.describe()}, {workers} decode workers")
-            _extract_videos(todo_v, w, encoder, fps, max_frames, workers, batch_frames, stats, progress, log)
+            _extract_videos(todo_v, w, encoder, opt, workers, batch_frames, stats, progress, log)
         # Only captions whose video is in the cache: a cache never points at a video it lacks.
         todo_t = [c for c in dataset.captions if c.id not in w.text_ids and c.video_id in w.video_status]
         stats.captions_cached = stats.captions - len(todo_t)
         if todo_t:
-            log(f"encoding {len(todo_t)} captions ({stats.captions_cached} already cached)")
+            log(f"encoding {len(todo_t)} captions ({stats.captions_cached} already cached) "
+                f"with CLIP in {encoder.precision}")
+            t = time.perf_counter()
             _extract_texts(todo_t, w, encoder, text_batch, max_words, stats, progress)
+            stats.text_seconds = time.perf_counter() - t
         # Fold this run's parts, and any an interrupted run left, into the main file (no-op if none).
         w.commit()
     stats.seconds = time.time() - t0

@@ -11,10 +11,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    """The seeded random CLIP: real CLIP code, random weights, 64 px, 128-d."""
+    """The seeded random CLIP: real CLIP code, random weights, 64 px, 256-d; in fp32, so that every
+    result is the same on every CPU (``auto`` would pick bf16 where the CPU has it)."""
     from vtr.extract.clip_encoder import load_clip
 
-    return load_clip("random:tiny", device="cpu")
+    return load_clip("random:tiny", device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Loading and using frozen CLIP: real loading paths, exact short-context text encoding, truncation."""
+"""Loading and using frozen CLIP: real loading paths, exact short-context text encoding, truncation, precision."""
 from __future__ import annotations
 
 import clip
@@ -6,11 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from vtr.extract.clip_encoder import RANDOM_ARCHS, ClipWeightsMissing, build_random, load_clip
+import vtr.extract.clip_encoder as clip_encoder
+from vtr.device import resolve_device
+from vtr.extract.clip_encoder import RANDOM_ARCHS, ClipWeightsMissing, build_random, load_clip, resolve_precision
 
 CAPTIONS = ["a man is slicing a tomato in the kitchen",
             "a red circle moves to the left on the grass",
             "two people are dancing on a stage while a crowd watches them under bright lights at night"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16():
+    return load_clip("random:tiny", device="cpu", precision="bf16")
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_text_at_real_length_equals_full_context(tiny_clip):
@@ -71,3 +83,79 @@ def test_local_checkpoints_load(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="bad.pt"):
         load_clip(str(bad))
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_bf16_images_are_close_to_fp32_and_texts_exact(tiny_clip, tiny_bf16):
+    """bf16 autocast runs the image tower (its output changes, within cosine 0.999 of fp32); the text
+    tower stays fp32, so captions are bit-identical to fp32's."""
+    assert tiny_bf16.precision == "bf16" and "in bf16" in tiny_bf16.describe()
+    assert tiny_bf16.dtype == torch.float32 and tiny_bf16.sha256 == tiny_clip.sha256  # same fp32 weights
+    frames = np.random.default_rng(1).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    f32, bf16 = tiny_clip.encode_frames(frames), tiny_bf16.encode_frames(frames)
+    assert bf16.dtype == np.float16 and bf16.shape == f32.shape
+    assert not np.array_equal(bf16, f32), "bf16 changed nothing (autocast did not run)"
+    assert _cosine(bf16, f32).min() > 0.999
+    np.testing.assert_array_equal(tiny_bf16.encode_texts(CAPTIONS), tiny_clip.encode_texts(CAPTIONS))
+
+
+def test_bf16_is_deterministic_and_close_whatever_the_batch(tiny_bf16):
+    """The same batch gives the same bits (so the cache does not depend on the decode workers). A frame's
+    batch neighbours may change it at bfloat16's rounding level (other shapes reach the matrix kernels)."""
+    frames = np.random.default_rng(2).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(tiny_bf16.encode_frames(frames), tiny_bf16.encode_frames(frames))
+    assert _cosine(tiny_bf16.encode_frames(frames[:1]), tiny_bf16.encode_frames(frames)[:1]).min() > 0.999
+
+
+def test_fp32_is_the_plain_forward_bit_for_bit(tiny_clip):
+    assert tiny_clip.precision == "fp32" and "in fp32" in tiny_clip.describe()
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(tiny_clip.encode_image(x), tiny_clip.model.encode_image(x))
+        tokens = tiny_clip.tokenize(CAPTIONS)
+        length = int(tokens.argmax(-1).max()) + 1
+        want = tiny_clip.model.encode_text(tokens[:, :length]).half().numpy()
+    np.testing.assert_array_equal(tiny_clip.encode_tokens(tokens), want)
+
+
+def test_auto_is_fp32_on_a_cpu_without_bf16(monkeypatch):
+    monkeypatch.setattr(clip_encoder, "cpu_has_native_bf16", lambda: False)
+    enc = load_clip("random:tiny", device="cpu")
+    assert enc.precision == "fp32" and enc.dtype == torch.float32 and "in fp32" in enc.describe()
+    monkeypatch.setattr(clip_encoder, "cpu_has_native_bf16", lambda: True)
+    assert load_clip("random:tiny", device="cpu").precision == "bf16"
+
+
+def test_bf16_detection_needs_the_cpu_flags_and_onednn(monkeypatch):
+    """No bfloat16 flag in /proc/cpuinfo (or no such file): not native. The flag alone is not enough
+    either: this torch must have oneDNN."""
+    monkeypatch.setattr(clip_encoder, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})
+    assert not clip_encoder.cpu_has_native_bf16()
+    monkeypatch.setattr(clip_encoder, "cpu_flags", set)
+    assert not clip_encoder.cpu_has_native_bf16()
+    monkeypatch.setattr(clip_encoder, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert not clip_encoder.cpu_has_native_bf16()
+
+
+def test_auto_is_fp16_on_a_gpu_without_touching_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("resolving the precision touched CUDA")
+
+    for name in ("current_device", "synchronize", "get_device_capability", "init"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda)
+    monkeypatch.setattr(clip_encoder, "cpu_has_native_bf16", lambda: True)  # the GPU wins over the CPU's bf16
+    dev = resolve_device("auto")
+    assert dev.type == "cuda" and resolve_precision("auto", dev) == "fp16"
+    assert resolve_precision("fp32", dev) == "fp32" and resolve_precision("bf16", dev) == "bf16"
+
+
+def test_unknown_or_unusable_precision_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"--precision 'fp8': unknown; choose one of auto, fp32, bf16, fp16"):
+        load_clip("random:tiny", device="cpu", precision="fp8")
+    with pytest.raises(ValueError, match="only a GPU"):
+        load_clip("random:tiny", device="cpu", precision="fp16")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,53 @@ def test_timeout_kills_a_slow_ffmpeg(tmp_path):
     with pytest.raises(DecodeError, match=re.escape(str(path)) + ".*did not finish within"):
         sample_frames(path, resolution=32, timeout=1e-4)
     assert sample_frames(path, resolution=32, timeout=30).n_sampled == 3
+
+
+# --- frames kept while reading: bounded memory, the same choice as keeping everything ------------------
+
+def test_candidates_cover_every_count_in_the_slack():
+    from vtr.extract.decode import candidate_indices
+
+    for expected in (1, 5, 12, 13, 20, 600):
+        cand = set(candidate_indices(expected, 12, slack=2).tolist())
+        for n in range(max(1, expected - 2), expected + 3):
+            assert set(uniform_indices(n, 12).tolist()) <= cand
+        assert len(cand) <= 5 * 12  # bounded by the slack, not by the video's length
+
+
+def test_keeper_holds_few_frames_of_a_long_stream():
+    import io
+
+    from vtr.extract.decode import _FrameKeeper, candidate_indices
+
+    n, res = 600, 4  # a 10-minute video at 1 fps
+    frames = np.random.default_rng(0).integers(0, 256, (n, res, res, 3), dtype=np.uint8)
+    stream = io.BufferedReader(io.BytesIO(frames.tobytes() + b"\0" * 7))  # a partial frame at the end
+    keeper = _FrameKeeper(res, candidate_indices(n, 12))
+    keeper.read_all(stream)
+    assert keeper.count == n and len(keeper.kept) <= 60
+    np.testing.assert_array_equal(keeper.choose(12), frames[uniform_indices(n, 12)])
+
+
+def _probe_says(monkeypatch, duration):
+    import vtr.extract.decode as D
+
+    real = D.probe
+    monkeypatch.setattr(D, "probe", lambda p: replace(real(p), duration=duration))
+
+
+@pytest.mark.parametrize("duration, passes", [(19.2, 1), (21.5, 1), (3.0, 2), (90.0, 2), (float("nan"), 1)])
+def test_a_misleading_duration_never_changes_the_frames(tmp_path, monkeypatch, duration, passes):
+    """Near misses are covered by the slack, far misses by a second decode, no duration by keeping all."""
+    path = write_video(tmp_path / "twenty.mp4", grey_clip(20), fps=5)
+    honest = sample_frames(path, resolution=16)
+    assert honest.passes == 1 and seconds_of(honest.frames).tolist() == uniform_indices(20, 12).tolist()
+    _probe_says(monkeypatch, duration)
+    out = sample_frames(path, resolution=16)
+    assert (out.n_sampled, out.passes) == (20, passes)
+    np.testing.assert_array_equal(out.frames, honest.frames)
+
+
+def test_nice_decodes_the_same_frames(tmp_path):
+    path = write_video(tmp_path / "three.mp4", grey_clip(3), fps=5)
+    np.testing.assert_array_equal(sample_frames(path, 16, nice=10).frames, sample_frames(path, 16).frames)
