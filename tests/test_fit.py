@@ -10,7 +10,7 @@ import torch
 import vtr.eval.metrics as metrics
 from vtr.eval.evaluate import encode_all, score_matrix
 from vtr.records import CacheTensors
-from vtr.train.fit import FitConfig, captions_by_video, epoch_batches, fit_tensors
+from vtr.train.fit import FitConfig, captions_by_video, epoch_batches, fit_tensors, train_captions
 from vtr.train.heads import MeanP
 from vtr.train.runs import latest_run, load_run
 
@@ -101,7 +101,8 @@ def test_run_folder_contents(trained):
     assert "vtr_version" in record
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == list(range(1, 13))
-    assert {"epoch", "train_loss", "val", "seconds", "lr"} <= set(log[0])
+    assert {"epoch", "train_loss", "val", "seconds", "train_seconds", "val_seconds", "lr", "world_size"} <= set(log[0])
+    assert log[0]["train_seconds"] + log[0]["val_seconds"] <= log[0]["seconds"] + 1e-3 and log[0]["world_size"] == 1
     assert set(log[0]["val"]) == {"R@1", "R@5", "R@10", "MdR", "MnR"}
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     png = (run / "curves.png").read_bytes()
@@ -222,6 +223,14 @@ def test_epoch_batches_hold_each_usable_video_once(data):
     assert all((x[0] == y[0]).all() and (x[1] == y[1]).all() for x, y in zip(batches, again))
     other = epoch_batches(caps, usable, 32, seed=0, epoch=2)
     assert not (np.concatenate([v for v, _ in other]) == videos).all()
+
+    # fit draws the same pairs in the full cache's row numbers, without copying the train split.
+    full_caps, full_usable = train_captions(data)
+    video_row = np.flatnonzero((data.video_split == "train") & data.video_ok)
+    text_row = np.flatnonzero(np.isin(np.array(data.text_ids), train.text_ids))
+    assert (full_usable == video_row[usable]).all()
+    for (v, t), (fv, ft) in zip(batches, epoch_batches(full_caps, full_usable, 32, seed=0, epoch=1), strict=True):
+        assert (video_row[v] == fv).all() and (text_row[t] == ft).all()
 
 
 def test_load_and_latest_run_errors(tmp_path, trained):

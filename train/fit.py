@@ -10,6 +10,11 @@ the same video, so every off-diagonal pair in the [B, B] logits is a true negati
 Reproducibility. The randomness of epoch ``e`` (the caption draw, the shuffle, dropout) is seeded from
 (seed, e) alone, so resuming after epoch k from last.pt replays epochs k+1.. exactly as an uninterrupted
 run would, without carrying RNG state across epochs.
+
+Distributed. Under torchrun (or ``vtr fit --nproc N``) every rank draws the same batches and encodes its
+slice of each; the loss is computed on the gathered global batch (see ``vtr.train.distributed``), so N
+processes train as one process with the same ``batch_size`` would (up to dropout, which is drawn per rank).
+Rank 0 alone validates and writes the run folder; the others wait for it at a barrier.
 """
 from __future__ import annotations
 
@@ -22,17 +27,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from vtr.device import resolve_device
 from vtr.records import CacheTensors
+from vtr.train.distributed import Dist, PairLoss, init_from_env, launch, local_rows, shard_sizes, shutdown
 from vtr.train.heads import RetrievalHead, build_head, count_parameters, text_batch, video_batch
 from vtr.train.losses import dsl_loss, get_loss
 from vtr.files import atomic_write_bytes, atomic_write_text
 from vtr.train.runs import (BEST, CONFIG, CURVES, LAST, LOG, FitConfig, atomic_torch_save, config_differences,
                             read_record, run_record)
 
-__all__ = ["FitConfig", "fit", "fit_tensors", "validate", "epoch_batches"]
+__all__ = ["FitConfig", "fit", "fit_tensors", "fit_processes", "validate", "epoch_batches", "train_captions"]
 
 
 def captions_by_video(data: CacheTensors) -> list[np.ndarray]:
@@ -40,6 +47,20 @@ def captions_by_video(data: CacheTensors) -> list[np.ndarray]:
     order = np.argsort(data.text_video, kind="stable")
     bounds = np.searchsorted(data.text_video[order], np.arange(len(data.video_ids) + 1))
     return [order[bounds[i]:bounds[i + 1]] for i in range(len(data.video_ids))]
+
+
+def train_captions(data: CacheTensors) -> tuple[list[np.ndarray], np.ndarray]:
+    """The training pairs of ``data`` in its own row numbers: (caption rows per video row, usable video rows).
+
+    Usable: a train-split video that decoded and has train captions. The same pairs, in the same order, as
+    ``captions_by_video(data.select("train"))`` gives, but without copying the split's arrays (at
+    MSR-VTT-9k scale that copy was 0.85 GB, once per process).
+    """
+    in_train = (data.video_split == "train") & data.video_ok
+    keep = (data.text_split == "train") & in_train[data.text_video]
+    caps = [rows[keep[rows]] for rows in captions_by_video(data)]
+    usable = np.array([v for v in np.flatnonzero(in_train) if len(caps[v])], dtype=np.int64)
+    return caps, usable
 
 
 def epoch_batches(caps: list[np.ndarray], usable: np.ndarray, batch_size: int, seed: int, epoch: int):
@@ -69,7 +90,10 @@ def make_optimizer(head: RetrievalHead, cfg: FitConfig) -> torch.optim.Optimizer
     params = [p for p in head.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    # The fused kernel does the whole update in one pass per tensor: on CPU it was 7x faster than the
+    # default per-tensor loop for CAMoE's 8.5M parameters (0.027 s against 0.18 s a step, bench/fit.py).
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
 
 def make_scheduler(optimizer, cfg: FitConfig, steps_per_epoch: int):
@@ -114,31 +138,38 @@ def val_score(metrics: dict) -> float:
     return metrics["R@1"] + metrics["R@5"] + metrics["R@10"]
 
 
-def train_epoch(head, train: CacheTensors, batches, loss_fn, optimizer, scheduler, device, bar) -> float:
-    """One pass over ``batches``; returns the mean loss per video."""
-    head.train()
+def train_epoch(model: PairLoss, data: CacheTensors, batches, optimizer, scheduler, device, bar,
+                d: Dist = Dist()) -> float:
+    """One pass over ``batches`` (global batches of rows of ``data``); returns the mean loss per video.
+
+    ``model`` is the ``PairLoss`` of the head (wrapped in DistributedDataParallel when ``d`` is active):
+    this rank encodes its slice of each batch and the loss is that of the whole batch.
+    """
+    model.train()
     total, count = 0.0, 0
     for videos, texts in batches:
-        frames, mask = video_batch(train, videos, device)
-        loss = head.training_loss(frames, mask, text_batch(train, texts, device), loss_fn)
+        sizes = shard_sizes(len(videos), d.world_size)
+        frames, mask = video_batch(data, local_rows(videos, d), device)
+        loss = model(frames, mask, text_batch(data, local_rows(texts, d), device), sizes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total, count = total + loss.item() * len(videos), count + len(videos)
+        value = loss.item()  # the global batch's loss: the same on every rank
+        total, count = total + value * len(videos), count + len(videos)
         bar.update()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{value:.3f}")
     bar.close()
     return total / count
 
 
-def resume(run_dir: Path, record: dict, cfg: FitConfig, head, optimizer, scheduler, device):
-    """Load last.pt of a matching run in ``run_dir`` into head/optimizer/scheduler.
+def read_checkpoint(run_dir: Path, record: dict, cfg: FitConfig) -> dict | None:
+    """last.pt of a matching run in ``run_dir`` (on the CPU), or None for a new run.
 
-    Returns (epochs done, history, best); (0, [], None) for a new run. Refuses a run with another config.
+    Refuses a run with another config, naming the keys that differ.
     """
     if not (run_dir / CONFIG).is_file():
-        return 0, [], None
+        return None
     saved = read_record(run_dir)
     diffs = config_differences(saved, record)
     if cfg.schedule == "cosine" and saved["fit"]["epochs"] != cfg.epochs:
@@ -147,10 +178,34 @@ def resume(run_dir: Path, record: dict, cfg: FitConfig, head, optimizer, schedul
         raise ValueError(f"{run_dir} holds a different run; differing keys: {', '.join(diffs)}. "
                          "Use a new run folder or the same settings.")
     if not (run_dir / LAST).is_file():  # killed during its first epoch
+        return None
+    return torch.load(run_dir / LAST, map_location="cpu", weights_only=True)
+
+
+def resume(run_dir: Path, record: dict, cfg: FitConfig, head, optimizer, scheduler, d: Dist = Dist()):
+    """Load last.pt of a matching run in ``run_dir`` into head/optimizer/scheduler.
+
+    Returns (epochs done, history, best); (0, [], None) for a new run. Refuses a run with another config.
+    In a distributed run rank 0 alone reads the run folder (the other ranks may be on machines that do not
+    see it) and sends the checkpoint, or its error, to every rank, so all resume alike or fail alike.
+    """
+    if d.active:
+        box = [None]
+        if d.is_main:
+            try:
+                box[0] = ("ok", read_checkpoint(run_dir, record, cfg))
+            except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+                box[0] = ("error", e)
+        dist.broadcast_object_list(box, src=0)
+        status, ckpt = box[0]
+        if status == "error":
+            raise ckpt
+    else:
+        ckpt = read_checkpoint(run_dir, record, cfg)
+    if ckpt is None:
         return 0, [], None
-    ckpt = torch.load(run_dir / LAST, map_location=device, weights_only=True)
     head.load_state_dict(ckpt["head"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
     scheduler.load_state_dict(ckpt["scheduler"])
     return ckpt["epoch"], ckpt["history"], ckpt["best"]
 
@@ -162,9 +217,21 @@ def fit_tensors(data: CacheTensors, run_dir: Path, cfg: FitConfig, cache_path: s
     If ``run_dir`` already holds a run with the same config (``epochs``, ``device`` and ``num_threads`` may
     differ; a larger ``epochs`` extends a finished run), training resumes from last.pt. A different config
     is refused, naming the keys that differ. Returns ``run_dir``.
+
+    Started by torchrun (WORLD_SIZE > 1 in the environment), each process calls this with the same
+    arguments: they train data-parallel with DistributedDataParallel, and only rank 0 logs and writes.
     """
-    run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    d, device = init_from_env(resolve_device(cfg.device))
+    try:
+        return _fit(data, Path(run_dir), cfg, cache_path, progress, log, d, device)
+    finally:
+        shutdown(d)
+
+
+def _fit(data: CacheTensors, run_dir: Path, cfg: FitConfig, cache_path: str, progress: bool, log, d: Dist,
+         device) -> Path:
+    if not d.is_main:
+        log, progress = (lambda msg: None), False
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if cfg.epochs < 1 or cfg.batch_size < 2:
@@ -173,9 +240,8 @@ def fit_tensors(data: CacheTensors, run_dir: Path, cfg: FitConfig, cache_path: s
     if loss_fn is dsl_loss:
         loss_fn = partial(dsl_loss, temperature=cfg.dsl_temperature)
 
-    train, val = data.select("train"), data.select("val")
-    caps = captions_by_video(train)
-    usable = np.array([v for v in range(len(caps)) if len(caps[v])], dtype=np.int64)
+    caps, usable = train_captions(data)
+    val = data.select("val")
     if len(usable) < 2:
         raise ValueError(f"the cache has {len(usable)} usable training videos (decoded, with captions); "
                          "contrastive training needs at least 2")
@@ -191,42 +257,63 @@ def fit_tensors(data: CacheTensors, run_dir: Path, cfg: FitConfig, cache_path: s
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
 
     record = run_record(cfg, data, cache_path)
-    done, history, best = resume(run_dir, record, cfg, head, optimizer, scheduler, device)
+    done, history, best = resume(run_dir, record, cfg, head, optimizer, scheduler, d)
     if done >= cfg.epochs:
         log(f"{run_dir}: run already complete ({done} epochs trained, {cfg.epochs} asked); nothing to do")
         return run_dir
+    model = PairLoss(head, loss_fn, d)
+    if d.active:
+        # Every rank holds the same checkpoint (or the same seeded head); DDP also broadcasts rank 0's
+        # parameters.
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG, json.dumps(record, indent=2, default=str) + "\n")
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG, json.dumps(record, indent=2, default=str) + "\n")
     log(f"fit {head.name} ({n_params:,} parameters) with {cfg.loss} on {len(usable)} training videos, "
-        f"{len(val.text_ids)} val captions, device {device}" + (f"; resuming after epoch {done}" if done else ""))
+        f"{len(val.text_ids)} val captions, device {device}"
+        + (f", {d.world_size} processes" if d.active else "") + (f"; resuming after epoch {done}" if done else ""))
 
     for epoch in range(done + 1, cfg.epochs + 1):
         start = time.time()
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout stream of this epoch (see module doc)
+        # Dropout stream of this epoch (see module doc); each rank drops out on its own slice.
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919 * d.rank)
         batches = epoch_batches(caps, usable, cfg.batch_size, cfg.seed, epoch)
-        train_loss = train_epoch(head, train, batches, loss_fn, optimizer, scheduler, device,
-                                 tqdm(total=len(batches), desc=f"epoch {epoch}", disable=not progress, leave=False))
-
-        metrics = validate(head, val, cfg.batch_size, device) if len(val.text_ids) else None
-        entry = {"epoch": epoch, "train_loss": train_loss, "val": metrics,
-                 "seconds": round(time.time() - start, 3), "lr": optimizer.param_groups[0]["lr"]}
-        history.append(entry)
-        improved = metrics is None or best is None or val_score(metrics) > best["score"]
-        if improved:
-            best = {"epoch": epoch, "score": val_score(metrics) if metrics else None}
-            atomic_torch_save({"head": head.state_dict(), "epoch": epoch, "val": metrics}, run_dir / BEST)
-        atomic_torch_save({"head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
-                           "best": best}, run_dir / LAST)
-        atomic_write_text(run_dir / LOG, "".join(json.dumps(h) + "\n" for h in history))
-        atomic_write_bytes(run_dir / CURVES, plot_curves(history))
-
-        shown = (" ".join(f"{k} {v:.1f}" for k, v in metrics.items()) if metrics else "no val")
-        log(f"epoch {epoch}/{cfg.epochs}  loss {entry['train_loss']:.4f}  val {shown}  "
-            f"lr {entry['lr']:.2e}  {entry['seconds']:.1f}s" + ("  *best" if improved and metrics else ""))
-    log(f"done: {run_dir} (best epoch {best['epoch']})")
+        train_loss = train_epoch(model, data, batches, optimizer, scheduler, device,
+                                 tqdm(total=len(batches), desc=f"epoch {epoch}", disable=not progress, leave=False), d)
+        train_seconds = time.time() - start
+        if d.is_main:
+            history, best = _finish_epoch(head, val, run_dir, cfg, optimizer, scheduler, device, epoch,
+                                                    train_loss, start, train_seconds, history, best, d, log)
+        d.barrier()  # the others wait while rank 0 validates and writes
+    log(f"done: {run_dir} (best epoch {best['epoch'] if best else None})")
     return run_dir
+
+
+def _finish_epoch(head, val, run_dir, cfg, optimizer, scheduler, device, epoch, train_loss, start, train_seconds,
+                  history, best, d, log):
+    """Rank 0's end of an epoch: validate, then write last.pt (and best.pt), log.jsonl and curves.png."""
+    val_start = time.time()
+    metrics = validate(head, val, max(cfg.batch_size, 1024), device) if len(val.text_ids) else None
+    entry = {"epoch": epoch, "train_loss": train_loss, "val": metrics,
+             "seconds": round(time.time() - start, 3), "train_seconds": round(train_seconds, 3),
+             "val_seconds": round(time.time() - val_start, 3), "lr": optimizer.param_groups[0]["lr"],
+             "world_size": d.world_size}
+    history.append(entry)
+    improved = metrics is None or best is None or val_score(metrics) > best["score"]
+    if improved:
+        best = {"epoch": epoch, "score": val_score(metrics) if metrics else None}
+        atomic_torch_save({"head": head.state_dict(), "epoch": epoch, "val": metrics}, run_dir / BEST)
+    atomic_torch_save({"head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
+                       "best": best}, run_dir / LAST)
+    atomic_write_text(run_dir / LOG, "".join(json.dumps(h) + "\n" for h in history))
+    atomic_write_bytes(run_dir / CURVES, plot_curves(history))
+
+    shown = (" ".join(f"{k} {v:.1f}" for k, v in metrics.items()) if metrics else "no val")
+    log(f"epoch {epoch}/{cfg.epochs}  loss {entry['train_loss']:.4f}  val {shown}  "
+        f"lr {entry['lr']:.2e}  {entry['seconds']:.1f}s" + ("  *best" if improved and metrics else ""))
+    return history, best
 
 
 def fit(cache_path, run_dir, cfg: FitConfig, progress: bool = True, log=print) -> Path:
@@ -236,3 +323,16 @@ def fit(cache_path, run_dir, cfg: FitConfig, progress: bool = True, log=print) -
     # The absolute path, so eval finds the cache from any working directory.
     return fit_tensors(read_cache(cache_path), run_dir, cfg, cache_path=str(Path(cache_path).resolve()),
                        progress=progress, log=log)
+
+
+def fit_processes(cache_path, run_dir, cfg: FitConfig, nproc: int, progress: bool = True, log=print) -> Path:
+    """``fit`` in ``nproc`` data-parallel processes on this machine (what ``torchrun --nproc_per_node`` does).
+
+    Each process reads the cache and trains on its slice of every global batch of ``cfg.batch_size``;
+    rank 0 logs and writes ``run_dir``. ``log`` must be picklable (a module-level function). With
+    ``nproc`` 1 this is plain ``fit``.
+    """
+    if nproc <= 1:
+        return fit(cache_path, run_dir, cfg, progress=progress, log=log)
+    launch(fit, nproc, cache_path, run_dir, cfg, progress, log)
+    return Path(run_dir)
