@@ -29,6 +29,14 @@ reader reads both, and the next run picks up where the killed one stopped. Where
 
 One writer at a time: the writer holds an exclusive lock on ``<name>.h5.lock`` (released by the OS
 even when the process is killed). Readers take no lock; they only ever see whole files.
+
+Combined caches. A cache may also be *combined* from shard caches (`vtr.shards`): a small file whose
+datasets are HDF5 virtual datasets over the shard files (relative paths, so the folder can move), rows in
+shard order; only ``/texts/video_index`` is written into it, shifted to the combined rows. Its ``combined``
+attribute (JSON) lists each shard file with its row counts and its ``file_id`` (every file this module
+writes gets a fresh one). A virtual dataset reads zeros where a source file is missing, so the reader
+checks, before reading, that every shard is there and is the very file that was combined; otherwise it
+refuses, naming the shard. A combined cache is read-only: writing into it is refused.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ import fcntl
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +164,8 @@ def read_sources(path: Path, columns: dict = _TENSORS) -> tuple[dict, dict]:
             sources = []
             for p in files:
                 with h5py.File(p, "r") as f:
+                    if COMBINED in f.attrs:  # its shards must be there, and be the files combined
+                        _check_shards(p, json.loads(f.attrs[COMBINED]))
                     sources.append(_read_source(f, columns))
             break
         except FileNotFoundError:
@@ -216,22 +227,39 @@ def cache_summary(path) -> dict:
         "splits": splits,
         "unfinished_parts": len(_part_files(Path(path))),
         "frames_shape": [len(v["ids"]), settings["max_frames"], settings["dim"]],
+        "combined": combined_info(path),
     }
 
 
 # ----------------------------------------------------------------------------- writing
 
 
+def _stamp(f: h5py.File) -> None:
+    """The attributes every file gets: version, time, and a fresh id (what combined caches check shards by)."""
+    f.attrs["vtr_version"] = __version__
+    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    f.attrs["file_id"] = uuid.uuid4().hex
+
+
+def _write_attrs(f: h5py.File, settings: dict) -> None:
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+    for k, val in settings.items():  # also as plain attributes, for h5dump / other tools
+        f.attrs[k] = val if isinstance(val, (int, float, str, bool)) else json.dumps(val)
+    _stamp(f)
+
+
+def _durable_replace(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as fh:  # make the bytes durable before the rename makes them visible
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def _write_file(path: Path, settings: dict, videos: dict, texts: dict, max_frames: int, dim: int):
     """Write one complete cache file (main or part) to a temp name, then rename it into place."""
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["settings"] = json.dumps(settings, sort_keys=True)
-        for k, val in settings.items():  # also as plain attributes, for h5dump / other tools
-            f.attrs[k] = val if isinstance(val, (int, float, str, bool)) else json.dumps(val)
-        f.attrs["vtr_version"] = __version__
-        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _write_attrs(f, settings)
         g = f.create_group("videos")
         n = len(videos["ids"])
         for k in ("ids", "reason", "path", "split"):
@@ -252,14 +280,46 @@ def _write_file(path: Path, settings: dict, videos: dict, texts: dict, max_frame
         g.create_dataset("phrase_embedding", data=texts["phrase_embedding"].reshape(m, 3, dim).astype(np.float16))
         g.create_dataset("phrase_mask", data=texts["phrase_mask"].reshape(m, 3).astype(bool))
         f.flush()
-    with open(tmp, "rb+") as fh:  # make the bytes durable before the rename makes them visible
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _durable_replace(tmp, path)
 
 
-def _settings_diff(a: dict, b: dict) -> list[str]:
+def _settings_diff(a: dict, b: dict, have: str = "cache has", other: str = "asked") -> list[str]:
     keys = sorted(set(a) | set(b))
-    return [f"{k}: cache has {a.get(k)!r}, asked {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    return [f"{k}: {have} {a.get(k)!r}, {other} {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def _lock(path: Path):
+    """Take the one-writer lock of the cache at ``path``; returns the handle to pass to `_unlock`."""
+    fh = open(str(path) + ".lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise CacheError(f"{path}: another `vtr extract` is writing this cache (lock {path}.lock)") from None
+    return fh
+
+
+def _unlock(fh) -> None:
+    fcntl.flock(fh, fcntl.LOCK_UN)
+    fh.close()
+
+
+def writer_active(path) -> bool:
+    """True while some process holds the writer lock of the cache at ``path`` (a run is writing it)."""
+    if not Path(str(path) + ".lock").exists():
+        return False
+    try:
+        _unlock(_lock(Path(path)))
+    except CacheError:
+        return True
+    except OSError:  # a read-only folder: nobody can be writing there
+        return False
+    return False
+
+
+def unfinished_parts(path) -> int:
+    """How many part files an unfinished run left beside the cache at ``path`` (0 when committed)."""
+    return len(_part_files(Path(path)))
 
 
 class CacheWriter:
@@ -289,12 +349,7 @@ class CacheWriter:
     # -- lifecycle
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(str(self.path) + ".lock", "w")
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
-            raise CacheError(f"{self.path}: another `vtr extract` is writing this cache (lock {self.path}.lock)")
+        self._lock_fh = _lock(self.path)
         try:
             self._load_existing()
         except BaseException:
@@ -315,14 +370,19 @@ class CacheWriter:
         return False
 
     def _unlock(self):
-        fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-        self._lock_fh.close()
+        _unlock(self._lock_fh)
 
     def _load_existing(self):
         self.video_status: dict[str, int] = {}
         self.text_ids: set[str] = set()
         if not self.path.exists() and not _part_files(self.path):
             return
+        combined = combined_info(self.path)
+        if combined is not None:
+            raise CacheError(
+                f"{self.path} is combined from {len(combined['shards'])} shard caches and is read-only: extract "
+                f"into a shard (--shard I/N) and run `vtr combine {self.path}` again, or use --out for a "
+                f"separate cache")
         try:
             existing, m = read_sources(self.path, _KEYS)
         except CacheError as e:
@@ -402,6 +462,9 @@ class CacheWriter:
         self.flush()
         parts = _part_files(self.path)
         if not parts:
+            if not self.path.exists():  # nothing to write (e.g. an empty shard): still leave a valid cache
+                videos, texts = self._pack([], [])
+                _write_file(self.path, self.settings, videos, texts, self.max_frames, self.dim)
             return
         _, m = read_sources(self.path, _EVERYTHING)
         _write_file(self.path, self.settings, m["videos"], m["texts"], self.max_frames, self.dim)
@@ -411,3 +474,164 @@ class CacheWriter:
             parts_dir(self.path).rmdir()
         except OSError:
             pass
+
+
+# ----------------------------------------------------------------------------- combined caches
+
+COMBINED = "combined"  # attribute of a combined cache: JSON {"shards": [...], ...}
+_COPY_ROWS = 4096  # rows per slice when --copy streams shard data into one file
+
+
+def _file_id(f: h5py.File) -> str:
+    """What identifies one written file (files from before file_id existed: their creation time)."""
+    fid = f.attrs.get("file_id")
+    return str(fid) if fid is not None else f"created {f.attrs.get('created', '?')}"
+
+
+def combined_info(path) -> dict | None:
+    """The ``combined`` attribute of the cache file at ``path`` (shards, row counts), or None for an ordinary cache."""
+    if not Path(path).exists():  # only parts so far: an unfinished first run
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get(COMBINED)
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable vtr cache ({e})") from e
+    return None if raw is None else json.loads(raw)
+
+
+def _made_by_combining(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return COMBINED in f.attrs or "copied_from" in f.attrs
+    except OSError:  # not HDF5 at all: not ours to overwrite either
+        return False
+
+
+def _check_shards(path: Path, info: dict) -> None:
+    """Refuse to read a combined cache whose shard files are gone or were rewritten since combining."""
+    for s in info["shards"]:
+        p = path.parent / s["file"]
+        if not p.exists():
+            raise CacheError(f"{path}: combined from {len(info['shards'])} shards, but shard {s['file']} is "
+                             f"missing (looked for {p}); restore it, or rerun that shard and `vtr combine {path}`")
+        try:
+            with h5py.File(p, "r") as f:
+                same = _file_id(f) == s["file_id"]
+        except OSError as e:
+            raise CacheError(f"{path}: its shard {p} is not a readable vtr cache ({e})") from e
+        if not same:
+            raise CacheError(f"{path}: shard {s['file']} changed after it was combined (re-extracted?); "
+                             f"run `vtr combine {path}` again")
+
+
+@dataclass
+class _Source:
+    """One shard cache as the combiner sees it: settings, row counts, and each column's dtype and row shape."""
+
+    path: Path
+    settings: dict
+    file_id: str
+    rows: dict  # {"videos": N, "texts": M}
+    columns: dict  # {"videos/frames": (dtype, row shape), ...}
+    video_index: np.ndarray
+
+
+def _open_source(p: Path) -> _Source:
+    try:
+        with h5py.File(p, "r") as f:
+            if COMBINED in f.attrs:
+                raise CacheError(f"{p}: is itself a combined cache; combine shard caches only")
+            columns = {f"{g}/{k}": (f[g][k].dtype, f[g][k].shape[1:]) for g in _EVERYTHING for k in _EVERYTHING[g]}
+            return _Source(p, json.loads(f.attrs["settings"]), _file_id(f),
+                           {g: len(f[g]["ids"]) for g in _EVERYTHING}, columns, f["texts/video_index"][()])
+    except OSError as e:
+        raise CacheError(f"{p}: not a readable vtr cache ({e})") from e
+    except KeyError as e:
+        raise CacheError(f"{p}: not a vtr cache (missing {e})") from e
+
+
+def _check_same_settings(sources: list[_Source]) -> None:
+    base = sources[0]
+    for s in sources[1:]:
+        diff = _settings_diff(base.settings, s.settings, f"{base.path.name} has", f"{s.path.name} has")
+        if diff:
+            raise CacheError(f"{s.path}: made with other settings than {base.path}, and one cache never mixes "
+                             f"two:\n  " + "\n  ".join(diff))
+        if s.columns != base.columns:
+            raise CacheError(f"{s.path}: its columns differ from {base.path}'s (another schema?)")
+
+
+def _combined_column(g: h5py.Group, name: str, key: str, sources: list[_Source], where: Path, copy: bool):
+    """One column over all sources: a virtual dataset mapping each source's rows, or (copy) the rows themselves."""
+    group = key.split("/")[0]
+    dtype, row_shape = sources[0].columns[key]
+    total = sum(s.rows[group] for s in sources)
+    if copy or total == 0:
+        chunks = (max(1, min(total, 64)),) + row_shape if total and row_shape else None
+        ds = g.create_dataset(name, shape=(total,) + row_shape, dtype=dtype, chunks=chunks)
+        start = 0
+        for s in sources:
+            with h5py.File(s.path, "r") as f:
+                src = f[key]
+                for a in range(0, s.rows[group], _COPY_ROWS):
+                    b = min(a + _COPY_ROWS, s.rows[group])
+                    ds[start + a:start + b] = src[a:b]
+            start += s.rows[group]
+        return
+    layout = h5py.VirtualLayout(shape=(total,) + row_shape, dtype=dtype)
+    start = 0
+    for s in sources:
+        n = s.rows[group]
+        if n:  # relative to the combined file, so the folder can move as a whole
+            rel = os.path.relpath(s.path, where)
+            layout[start:start + n] = h5py.VirtualSource(rel, key, shape=(n,) + row_shape, dtype=dtype)
+        start += n
+    g.create_virtual_dataset(name, layout)
+
+
+def _shifted_video_index(sources: list[_Source]) -> np.ndarray:
+    """Each source's texts/video_index moved by the rows of the sources before it (-1 stays -1)."""
+    out, offset = [], 0
+    for s in sources:
+        out.append(np.where(s.video_index >= 0, s.video_index + offset, -1))
+        offset += s.rows["videos"]
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def write_combined(path, shard_files: list, *, copy: bool = False, note: dict | None = None) -> dict:
+    """Make ``path`` one cache over the committed caches ``shard_files`` (rows in the order given).
+
+    By default the datasets of ``path`` are virtual datasets over the shard files: nothing is copied, and
+    the shards must stay where they are relative to ``path``. With ``copy=True`` the rows are copied into
+    an ordinary, standalone cache instead (streamed, a slice at a time). Sources whose settings differ are
+    refused, naming the file and the differing keys. An existing ordinary cache at ``path`` is never
+    overwritten; an existing combined one is replaced atomically. ``note`` is stored with the shard list.
+    Returns the stored description: {"shards": [{"file", "videos", "texts", "file_id"}], **note}.
+    """
+    path = Path(path)
+    sources = [_open_source(Path(p)) for p in shard_files]
+    if not sources:
+        raise CacheError(f"{path}: no shard caches to combine")
+    _check_same_settings(sources)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"shards": [{"file": os.path.relpath(s.path, path.parent), "videos": s.rows["videos"],
+                        "texts": s.rows["texts"], "file_id": s.file_id} for s in sources], **(note or {})}
+    fh = _lock(path)
+    try:
+        if _part_files(path) or (path.exists() and not _made_by_combining(path)):
+            raise CacheError(f"{path}: holds an extracted cache, which combining would overwrite; choose another "
+                             f"path or move it away")
+        tmp = path.with_name(path.name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            _write_attrs(f, sources[0].settings)
+            f.attrs[COMBINED if not copy else "copied_from"] = json.dumps(info)
+            for group, names in _EVERYTHING.items():
+                g = f.create_group(group)
+                for name in names:
+                    _combined_column(g, name, f"{group}/{name}", sources, path.parent, copy)
+            f["texts"].create_dataset("video_index", data=_shifted_video_index(sources))
+        _durable_replace(tmp, path)
+    finally:
+        _unlock(fh)
+    return info

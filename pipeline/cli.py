@@ -64,53 +64,129 @@ def main():
                    "(random weights for offline tests: not meaningful for real retrieval).")
 @click.option("--clip-cache", type=click.Path(path_type=Path),
               help="Folder holding OpenAI's CLIP weight files. Default: $VTR_CLIP_CACHE or ~/.cache/clip.")
-@click.option("--device", default="auto", show_default=True, help="auto (GPU in fp16 when there is one), cpu or cuda[:N].")
+@click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu or cuda[:N].")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="CLIP's arithmetic. auto: fp16 on a GPU; bf16 on a CPU with bfloat16 instructions (AVX512-BF16 "
+                   "or AMX), about 2x faster for frames and 1.5x for captions there, embeddings within cosine "
+                   "0.9999 of fp32's; else fp32. fp32: exact fp32 features, slowest. fp16: GPU only. Not a cache "
+                   "setting: a cache resumed in another precision mixes rows (keep it fixed if that matters).")
 @click.option("--fps", default=1.0, show_default=True, help="Frames sampled per second before the uniform choice.")
 @click.option("--max-frames", type=int, help="Frames kept per video, chosen uniformly. Default: the dataset's protocol "
               "(12; 64 for didemo and activitynet).")
 @click.option("--max-words", type=int, help="Caption length in CLIP tokens, start and end included (CLIP4Clip's max_words). "
               "Default: the dataset's protocol (32; 64 for paragraph datasets).")
-@click.option("--workers", type=int, help="Parallel ffmpeg decode workers. Default: one per core.")
+@click.option("--workers", type=int, help="Parallel ffmpeg decode workers. Default: one per core; with --ray, "
+              "also the CPUs each shard task asks for (default there: 1).")
 @click.option("--batch-frames", default=256, show_default=True, help="Frames per CLIP image batch.")
+@click.option("--text-batch", default=256, show_default=True, help="Captions (and phrases) per CLIP text batch.")
 @click.option("--flush-every", default=64, show_default=True,
               help="Videos per part file: at most this much work is lost when a run is killed.")
 @click.option("--retry-failed", is_flag=True, help="Try videos that failed to decode in an earlier run again.")
 @click.option("--n-videos", default=300, show_default=True, help="synthetic only: how many clips to make.")
 @click.option("--seed", default=0, show_default=True, help="synthetic only: the seed the clips are made from.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--shard", "shard_spec", metavar="I/N",
+              help="Extract only shard I of N (I = 0..N-1; a video's shard is a stable hash of its id) into "
+                   "<out>.shards/shard-III-of-NNN.h5. Run all N anywhere (a SLURM array, xargs -P), then "
+                   "`vtr combine <out>`.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+              help="Run the --shards N shards as Ray tasks (one per shard; a GPU each when the cluster has "
+                   "GPUs), then combine them into --out. ADDRESS: a cluster (auto, ray://host:10001); none: a "
+                   "local Ray. Needs `pip install 'vtr[ray]'`.")
+@click.option("--shards", "n_shards", type=click.IntRange(min=1),
+              help="With --ray: how many shards to split the dataset into. Keep it fixed across reruns: "
+                   "shard caches are per N.")
+@click.option("--max-retries", default=3, show_default=True,
+              help="With --ray: times Ray reruns a shard whose task died or raised (a rerun resumes).")
 def extract(dataset_name, root, annotations, videos, split_variant, use_lists, default_split, out, clip_spec,
-            clip_cache, device, fps, max_frames, max_words, workers, batch_frames, flush_every, retry_failed,
-            n_videos, seed, quiet):
+            clip_cache, device, precision, fps, max_frames, max_words, workers, batch_frames, text_batch,
+            flush_every, retry_failed, n_videos, seed, quiet, shard_spec, ray_address, n_shards, max_retries):
     """Decode videos with ffmpeg, encode frames and captions with frozen CLIP, write the HDF5 cache.
 
     Rerunning does only what is missing: videos and captions already in the cache are skipped, a run
     that was killed resumes, and a cache made with another model or frame setting is refused.
+
+    \b
+    Past one machine:
+    vtr extract --dataset msvd --root R --shard 3/16    # one shard -> cache/msvd.shards/
+    vtr combine cache/msvd.h5                           # all 16 shards -> cache/msvd.h5, no copy
+    vtr extract --dataset msvd --root R --ray --shards 16   # both, on Ray
     """
     from vtr.cache import CacheError
     from vtr.extract.clip_encoder import ClipWeightsMissing, load_clip
     from vtr.extract.datasets import load_dataset
     from vtr.extract_stage import run_extract
+    from vtr.shards import extract_shard, parse_shard
 
+    if shard_spec and ray_address:
+        raise click.UsageError("--shard runs one shard here; --ray runs all of them on Ray: choose one")
+    if (ray_address is None) != (n_shards is None):
+        raise click.UsageError("--ray and --shards N go together" if ray_address is None
+                               else "--ray needs --shards N, the number of shards to split the dataset into")
+    options = dict(fps=fps, max_frames=max_frames, max_words=max_words, workers=workers, batch_frames=batch_frames,
+                   text_batch=text_batch, flush_every=flush_every, retry_failed=retry_failed)
     try:
+        shard = parse_shard(shard_spec) if shard_spec else None
         dataset = load_dataset(dataset_name, root, n_videos=n_videos, seed=seed, progress=not quiet,
                                annotations=annotations, videos=videos, split_variant=split_variant,
                                use_lists=use_lists, default_split=default_split)
         # The dataset's name carries what changes its splits (msrvtt-9k vs msrvtt-full): one cache each.
         out = out or CACHE_DIR / f"{dataset.name}.h5"
         _report_dataset(dataset, root)
-        encoder = load_clip(clip_spec, device=device, download_root=clip_cache)
-        stats = run_extract(dataset, encoder, out, fps=fps, max_frames=max_frames, max_words=max_words,
-                            workers=workers, batch_frames=batch_frames, flush_every=flush_every, retry_failed=retry_failed,
-                            progress=not quiet, log=_log)
+        if ray_address:
+            dataset_options = dict(annotations=annotations, videos=videos, split_variant=split_variant,
+                                   use_lists=use_lists, default_split=default_split, n_videos=n_videos, seed=seed)
+            _extract_on_ray(dataset_name, root, dataset_options, clip_spec, clip_cache, device, precision, out,
+                            options, ray_address, n_shards, max_retries, quiet)
+            return
+        encoder = load_clip(clip_spec, device=device, download_root=clip_cache, precision=precision)
+        if shard:
+            stats = extract_shard(dataset, encoder, out, *shard, progress=not quiet, log=_log, **options)
+        else:
+            stats = run_extract(dataset, encoder, out, progress=not quiet, log=_log, **options)
     except (ClipWeightsMissing, CacheError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(e)
+    if shard:
+        from vtr.shards import shard_path
+
+        out_shown, out = out, shard_path(out, *shard)
     if stats.videos_decoded == 0 and stats.captions_encoded == 0 and stats.videos_failed == 0:
         click.echo(f"nothing to do: all {stats.videos_cached} videos and {stats.captions_cached} captions "
                    f"are already in {out}")
     else:
         click.echo(f"{out}: decoded {stats.videos_decoded} videos ({stats.videos_failed} failed, "
                    f"{stats.videos_cached} already cached), encoded {stats.frames_encoded} frames and "
-                   f"{stats.captions_encoded} captions in {stats.seconds:.1f}s")
+                   f"{stats.captions_encoded} captions in {stats.seconds:.1f}s (CLIP in {stats.precision})")
+    if shard:
+        click.echo(f"when all {shard[1]} shards are done: vtr combine {out_shown}")
+
+
+def _extract_on_ray(name, root, dataset_options, clip_spec, clip_cache, device, precision, out, options, address,
+                    n, max_retries, quiet) -> None:
+    """`vtr extract --ray`: the shards as Ray tasks, then the combined cache. Paths go to workers absolute."""
+    from vtr.extract.datasets import DEFAULT_ROOTS
+    from vtr.ray_runner import run_on_ray
+    from vtr.shards import ShardJob, shards_dir
+
+    def absolute(p):
+        return None if p is None else str(Path(p).resolve())
+
+    root = root if root is not None else DEFAULT_ROOTS.get(name)
+    dataset_options = dict(dataset_options, annotations=absolute(dataset_options["annotations"]))
+    clip = absolute(clip_spec) if Path(clip_spec).expanduser().is_file() else clip_spec
+    job = ShardJob(dataset=name, root=absolute(root), out=absolute(out), clip=clip, clip_cache=absolute(clip_cache),
+                   device=device, precision=precision, dataset_options=dataset_options,
+                   extract_options={k: v for k, v in options.items() if v is not None})
+    result = run_on_ray(job, n, address=None if address == "local" else address,
+                        cpus_per_shard=options["workers"] or 1, max_retries=max_retries, progress=not quiet, log=_log)
+    done = result.stats.values()
+    click.echo(f"{n} shards on Ray: decoded {sum(s['videos_decoded'] for s in done)} videos "
+               f"({sum(s['videos_failed'] for s in done)} failed, {sum(s['videos_cached'] for s in done)} already "
+               f"cached), encoded {sum(s['captions_encoded'] for s in done)} captions (CLIP in "
+               f"{', '.join(sorted({s.get('precision') or '?' for s in done})) or precision})")
+    c = result.combined
+    click.echo(f"{out}: combined {len(c.combined)} shards ({c.videos} videos, {c.captions} captions) as virtual "
+               f"datasets over {shards_dir(out)}")
 
 
 def _report_dataset(dataset, root) -> None:
@@ -131,8 +207,9 @@ def _report_dataset(dataset, root) -> None:
 @main.command()
 @click.option("--cache", "cache_path", required=True, type=click.Path(path_type=Path, exists=True),
               help="The cache `vtr extract` wrote.")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path),
-              help="Run folder. Default: cache/runs/<cache name>-<model>-<loss>. An existing run resumes.")
+@click.option("--run", "--run-dir", "run_dir", type=click.Path(path_type=Path),
+              help="Run folder. Default: cache/runs/<cache name>-<model>-<loss>. An existing run resumes. "
+                   "Under torchrun spell it --run-dir (torchrun takes --run for its own --run-path).")
 @click.option("--model", default="seqTransf", show_default=True,
               help="Head to train: seqTransf (CLIP4Clip's baseline) or camoe (the mixture of experts).")
 @click.option("--loss", default="dsl", show_default=True, type=click.Choice(["dsl", "infonce"]),
@@ -143,20 +220,36 @@ def _report_dataset(dataset, root) -> None:
 @click.option("--dsl-temperature", type=float, help="Temperature of DSL's prior softmax in training (paper: 1000).")
 @click.option("--seed", type=int, help="Seed for initialisation and sampling.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Train data-parallel in N processes on this machine (DistributedDataParallel: gloo on CPU, "
+                   "one GPU each with NCCL). The loss still sees the whole --batch-size batch. Under "
+                   "`torchrun --nproc_per_node N -m vtr fit ...` leave it at 1.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def fit(cache_path, run_dir, model, loss, epochs, batch_size, lr, dsl_temperature, seed, device, quiet):
-    """Train an alignment head on the cached features; writes config, checkpoints, log and curves."""
-    from vtr.train.fit import FitConfig
-    from vtr.train.fit import fit as fit_run
+def fit(cache_path, run_dir, model, loss, epochs, batch_size, lr, dsl_temperature, seed, device, nproc, quiet):
+    """Train an alignment head on the cached features; writes config, checkpoints, log and curves.
+
+    \b
+    vtr fit --cache cache/msrvtt-9k.h5 --model camoe
+    vtr fit --cache cache/msrvtt-9k.h5 --model camoe --nproc 2          # 2 local processes
+    torchrun --nproc_per_node 4 -m vtr fit --cache cache/msrvtt-9k.h5   # 4 GPUs, or several nodes
+    """
+    import os
+
+    from vtr.train.distributed import WorkerError, env_world_size
+    from vtr.train.fit import FitConfig, fit_processes
 
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, dsl_temperature=dsl_temperature, seed=seed)
     cfg = FitConfig(model=model, loss=loss, device=device, **{k: v for k, v in overrides.items() if v is not None})
     run_dir = run_dir or RUNS_DIR / f"{cache_path.stem}-{model}-{loss}"
     try:
-        fit_run(cache_path, run_dir, cfg, progress=not quiet, log=_log)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        main_rank = env_world_size() == 1 or os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 reports
+        if nproc > 1 and env_world_size() > 1:
+            raise click.UsageError("--nproc starts its own processes; under torchrun (WORLD_SIZE is set) leave it at 1")
+        fit_processes(cache_path, run_dir, cfg, nproc, progress=not quiet and main_rank, log=_log)
+    except (ValueError, RuntimeError, FileNotFoundError, WorkerError) as e:
         _fail(e)
-    click.echo(f"run folder: {run_dir}")
+    if main_rank:
+        click.echo(f"run folder: {run_dir}")
 
 
 # ----------------------------------------------------------------------------- eval
@@ -243,10 +336,60 @@ def info(cache_path, dataset_name, annotations, root, split_variant, json_path):
     if s["unfinished_parts"]:
         click.echo(f"  {s['unfinished_parts']} part files from an unfinished run (read too; "
                    f"rerun `vtr extract` to fold them in)")
+    if s["combined"]:
+        _echo_combined(cache_path, s["combined"])
     if json_path:
         from vtr.eval.report import write_json
 
         write_json(json_path, s)
+
+
+def _echo_combined(cache_path, c: dict) -> None:
+    from vtr.shards import shards_dir
+
+    n = c.get("n", len(c["shards"]))
+    click.echo(f"  combined from {len(c['shards'])} of {n} shards in {shards_dir(cache_path)} (virtual datasets: "
+               f"the embeddings stay in the shard files)")
+    for name, why in c.get("left_out", {}).items():
+        click.echo(f"    left out {name}: {why}")
+
+
+# ----------------------------------------------------------------------------- combine
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--shards", "n_shards", type=click.IntRange(min=1),
+              help="Which splitting to combine when OUT.shards holds shards of several N. Default: the one there.")
+@click.option("--partial", is_flag=True,
+              help="Combine the shards that are ready even when others are missing or unfinished; those left "
+                   "out are listed, and recorded in OUT (vtr info shows them).")
+@click.option("--copy", is_flag=True,
+              help="Copy the rows into a standalone cache instead of referring to the shard files (needs the "
+                   "disk space of all shards; OUT then no longer needs OUT.shards).")
+def combine(out, n_shards, partial, copy):
+    """Make the cache OUT from the shard caches in OUT's .shards folder, without copying them.
+
+    \b
+    vtr extract --dataset msvd --root R --shard I/16   # for I = 0..15, anywhere
+    vtr combine cache/msvd.h5                          # reads cache/msvd.shards/shard-*-of-016.h5
+
+    OUT is a small HDF5 file of virtual datasets over the shard files (relative paths: move the folder
+    as a whole). fit, eval and info read it like any cache. Shards that are missing, unfinished (part
+    files left by a killed run), made with other settings, or holding another shard's videos are refused
+    by name. Rerun this after re-extracting a shard: reading OUT refuses shards changed since combining.
+    """
+    from vtr.cache import CacheError
+    from vtr.shards import combine_shards, shards_dir
+
+    try:
+        r = combine_shards(out, n=n_shards, partial=partial, copy=copy, log=_log)
+    except CacheError as e:
+        _fail(e)
+    how = "copied into a standalone cache" if copy else f"as virtual datasets over {shards_dir(out)}"
+    click.echo(f"{out}: combined {len(r.combined)} of {r.n} shards ({r.videos} videos, {r.captions} captions) {how}")
+    if r.left_out:
+        click.echo(f"  partial, left out: {', '.join(r.left_out)}")
 
 
 def _dataset_info(name, annotations, root, split_variant, json_path) -> None:

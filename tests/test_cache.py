@@ -1,4 +1,4 @@
-"""The HDF5 cache: round trip, crash-safe parts, settings refusal, the writer lock."""
+"""The HDF5 cache: round trip, crash-safe parts, settings refusal, the writer lock, combined caches."""
 from __future__ import annotations
 
 import h5py
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vtr.cache import (DONE, FAILED, CacheError, CacheWriter, TextRow, VideoRow, cache_summary, parts_dir,
-                       read_cache)
+                       read_cache, write_combined)
 
 T, D = 4, 8
 SETTINGS = {"dataset": "toy", "clip_model": "random:tiny", "fps": 1.0}
@@ -75,6 +75,7 @@ def test_uncommitted_parts_are_readable_and_resume(tmp_path):
         w._videos.clear()
     assert not path.exists() and len(list(parts_dir(path).glob("part-*.h5"))) == 2
     assert read_cache(path).video_ids == ["v0", "v1", "v2", "v3"]
+    assert cache_summary(path)["unfinished_parts"] == 2
 
     with CacheWriter(path, SETTINGS, max_frames=T, dim=D) as w:
         assert w.video_ids == {"v0", "v1", "v2", "v3"}
@@ -150,3 +151,48 @@ def test_phrases_round_trip(tmp_path):
     with h5py.File(path) as f:
         assert f["texts/parse"].asstr()[0] == row.parse
     assert data.select("train").phrase_emb.shape == (2, 3, D)
+
+
+def _toy_cache(path, ids, settings=SETTINGS):
+    with CacheWriter(path, settings, max_frames=T, dim=D) as w:
+        for i in ids:
+            w.add_video(video(i, split="test"))
+            w.add_text(text(i, 0, "test"))
+        w.commit()
+    return path
+
+
+def test_combined_cache_reads_its_sources_without_copying(tmp_path):
+    a = _toy_cache(tmp_path / "s" / "a.h5", [0, 1])
+    empty = _toy_cache(tmp_path / "s" / "empty.h5", [])  # an empty source is a valid cache, and combines
+    b = _toy_cache(tmp_path / "s" / "b.h5", [2])
+    out = tmp_path / "all.h5"
+    info = write_combined(out, [a, empty, b])
+    assert [s["file"] for s in info["shards"]] == ["s/a.h5", "s/empty.h5", "s/b.h5"]
+    data = read_cache(out)
+    assert data.video_ids == ["v0", "v1", "v2"] and data.text_ids == ["v0#0", "v1#0", "v2#0"]
+    np.testing.assert_array_equal(data.frames, np.concatenate([read_cache(a).frames, read_cache(b).frames]))
+    with h5py.File(out) as f:
+        assert f["videos/frames"].is_virtual and f["texts/parse"].is_virtual
+        np.testing.assert_array_equal(f["texts/video_index"][()], [0, 1, 2])  # shifted to the combined rows
+    assert cache_summary(out)["combined"]["shards"][2]["videos"] == 1
+
+    with pytest.raises(CacheError, match="read-only"):  # appending would write beside the virtual data
+        CacheWriter(out, SETTINGS, max_frames=T, dim=D).__enter__()
+    with pytest.raises(CacheError, match="holds an extracted cache"):
+        write_combined(a, [b])
+    other = _toy_cache(tmp_path / "s" / "other.h5", [3], dict(SETTINGS, fps=2.0))
+    with pytest.raises(CacheError, match="other.h5: made with other settings.*\n  fps: a.h5 has 1.0, other.h5 has 2.0"):
+        write_combined(tmp_path / "mixed.h5", [a, other])
+
+    _toy_cache(b, [2, 4])  # b written again after combining
+    with pytest.raises(CacheError, match="s/b.h5 changed after it was combined"):
+        read_cache(out)
+    b.unlink()
+    with pytest.raises(CacheError, match="s/b.h5 is missing"):
+        read_cache(out)
+
+    write_combined(tmp_path / "copy.h5", [a, empty], copy=True)
+    with h5py.File(tmp_path / "copy.h5") as f:
+        assert not f["videos/frames"].is_virtual
+    assert read_cache(tmp_path / "copy.h5").video_ids == ["v0", "v1"]
