@@ -57,8 +57,9 @@ def test_missing_scene_phrase():
     head = CAMoE(D, T, heads=4).eval()
     perturb(head)
     t, gate = head.encode_text(text)
-    s = torch.nn.functional.normalize(text["sentence"], dim=-1)
-    torch.testing.assert_close(t[2, 3], s[2])  # falls back to the sentence
+    with torch.no_grad():
+        s = torch.nn.functional.normalize(head.sentence_proj["scene"](text["sentence"]), dim=-1)
+    torch.testing.assert_close(t[2, 3], s[2])  # falls back to the (scene expert's view of the) sentence
     assert not torch.allclose(t[0, 3], s[0])  # a caption with a scene phrase uses it
     assert gate[2, 3] > 0
 
@@ -93,7 +94,7 @@ def test_only_head_parameters_train():
     frames, mask, text = batch()
     before = (frames.clone(), {k: v.clone() for k, v in text.items()})
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):  # alpha/beta leave zero first, then the experts behind them get gradients
+    for _ in range(3):  # the zero output layers move first, then the layers behind them get gradients
         opt.zero_grad()
         loss = head.training_loss(frames, mask, text, dsl_loss)
         loss.backward()
@@ -106,7 +107,7 @@ def test_only_head_parameters_train():
     named = dict(head.named_parameters())
     assert all(named[n].grad is not None and torch.isfinite(named[n].grad).all()
                for n in named if named[n].requires_grad)
-    assert (named["alpha"].abs() > 0).all() and (named["beta"].abs() > 0).all()
+    assert all(named[n].abs().sum() > 0 for n in named if n.endswith(".out.weight") or n.startswith("phrase_proj"))
     assert named["gate.weight"].grad.abs().sum() > 0
 
 

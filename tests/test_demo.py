@@ -1,22 +1,51 @@
-"""The demo end to end on a small synthetic set: the trained head must beat zero-shot random CLIP."""
+"""The demo end to end, at its default size: the trained heads beat zero-shot, and CAMoE beats seqTransf.
+
+One demo run (300 synthetic clips, 30 epochs, about 60 test videos) serves every test here.
+"""
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from vtr.demo import run_demo
 
 
-def test_demo_trained_beats_zero_shot(tmp_path):
-    reports, text = run_demo(tmp_path / "work", out=tmp_path / "out", n_videos=160, epochs=20,
-                             device="cpu", progress=False, log=lambda m: None)
-    zero, trained, dsl = reports
-    assert [r["name"] for r in reports] == ["zero-shot", "trained", "trained+dsl"]
-    assert dsl["transductive"] and not trained["transductive"] and not zero["transductive"]
-    # R@10 averages over more ranks than R@1, so it is the steadier comparison on ~30 test videos.
-    for d in ("t2v", "v2t"):
-        assert trained[d]["R@10"] >= zero[d]["R@10"] + 15, (d, trained[d], zero[d])
-        assert trained[d]["MnR"] < zero[d]["MnR"]
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    reports, text = run_demo(out / "work", out=out, device="cpu", progress=False, log=lambda m: None)
+    return {r["name"]: r for r in reports}, text, out
+
+
+def test_rows_and_labels(demo):
+    reports, text, out = demo
+    assert list(reports) == ["zero-shot", "seqTransf", "camoe", "camoe+dsl"]
+    assert [r["transductive"] for r in reports.values()] == [False, False, False, True]
     assert "chance" in text and "random" in text
-    saved = json.loads((tmp_path / "out" / "demo.json").read_text())
-    assert [r["name"] for r in saved] == ["zero-shot", "trained", "trained+dsl"]
-    assert saved[1]["t2v"] == trained["t2v"]
+    saved = json.loads((out / "demo.json").read_text())
+    assert [r["name"] for r in saved] == list(reports)
+    assert saved[2]["t2v"] == reports["camoe"]["t2v"]
+
+
+@pytest.mark.parametrize("head", ["seqTransf", "camoe"])
+def test_trained_heads_beat_zero_shot(demo, head):
+    zero, trained = demo[0]["zero-shot"], demo[0][head]
+    for d in ("t2v", "v2t"):
+        assert trained[d]["R@10"] >= zero[d]["R@10"] + 30, (d, trained[d], zero[d])
+        assert trained[d]["MnR"] < zero[d]["MnR"] / 2
+
+
+def test_camoe_beats_seqtransf_on_the_synthetic_test_split(demo):
+    """The paper's claim, on data where each stream is visible in the frames (see vtr.extract.synthetic).
+
+    Measured before writing this test, seeds 0 and 1 (T2V R@1 / R@10 / MnR): seqTransf 17.6 / 84.8 / 6.7
+    and 15.3 / 74.1 / 8.2; CAMoE 22.4 / 97.6 / 4.1 and 20.4 / 96.5 / 4.3. The margins asked here are
+    about half of the smaller gap. V2T R@1 tied on seed 1, so V2T is held to R@10 and mean rank.
+    """
+    seq, camoe = demo[0]["seqTransf"], demo[0]["camoe"]
+    assert camoe["t2v"]["R@1"] >= seq["t2v"]["R@1"] + 2, (camoe["t2v"], seq["t2v"])
+    assert camoe["t2v"]["R@10"] >= seq["t2v"]["R@10"] + 5, (camoe["t2v"], seq["t2v"])
+    assert camoe["t2v"]["MnR"] <= seq["t2v"]["MnR"] - 1, (camoe["t2v"], seq["t2v"])
+    assert camoe["v2t"]["R@10"] >= seq["v2t"]["R@10"] + 5, (camoe["v2t"], seq["v2t"])
+    assert camoe["v2t"]["MnR"] < seq["v2t"]["MnR"], (camoe["v2t"], seq["v2t"])

@@ -9,8 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from vtr.extract import synthetic
 from vtr.extract.decode import sample_frames
-from vtr.extract.synthetic import (ACTIONS, COLORS, SCENES, SHAPES, ClipSpec, clip_spec, generate,
+from vtr.extract.synthetic import (_fill_pattern, _layout, ACTIONS, COLORS, SCENES, SHAPES, ClipSpec, clip_spec, generate,
                                    read_synthetic, render_clip)
 
 SMALL = dict(width=64, height=48, fps=10, seconds=3.0)  # quick clips for the file tests
@@ -43,15 +44,40 @@ def test_attributes_cover_the_vocabulary():
 
 @pytest.mark.parametrize("one, other", [("moves left", "moves right"), ("moves up", "moves down"),
                                         ("grows", "shrinks")])
-def test_reversed_actions_differ_only_in_frame_order(one, other):
+def test_reversed_actions_run_one_path_the_other_way(one, other):
     base = clip_spec(0, 5)
+    at_a, backwards_a = _layout(dataclasses.replace(base, action=one), 128, 96)
+    at_b, backwards_b = _layout(dataclasses.replace(base, action=other), 128, 96)
+    assert backwards_a != backwards_b
+    assert all(at_a(s) == at_b(s) for s in np.linspace(0, 1, 11))
     a = render_clip(dataclasses.replace(base, action=one))
-    b = render_clip(dataclasses.replace(base, action=other))
-    assert not np.array_equal(a, b)
-    assert np.array_equal(a[::-1], b)
-    # and the motion is large at 1 fps: consecutive 1-second frames clearly differ
+    # the motion is large at 1 fps: consecutive 1-second frames clearly differ
     per_second = a[::10].astype(int)
     assert all(np.abs(per_second[k + 1] - per_second[k]).mean() > 0.5 for k in range(len(per_second) - 1))
+
+
+@pytest.mark.parametrize("action, axis, sign", [("moves right", 1, -1), ("moves left", 1, 1),
+                                                ("moves down", 0, -1), ("moves up", 0, 1)])
+def test_the_trail_lies_behind_the_motion(action, axis, sign, monkeypatch):
+    spec = dataclasses.replace(clip_spec(0, 5), scene="night", color="yellow", shape="star", action=action)
+    frame = render_clip(spec)[30].astype(int)
+    monkeypatch.setattr(synthetic, "TRAIL", ())
+    bare = render_clip(spec)[30].astype(int)
+    trail = np.abs(frame - bare).sum(-1) > 0  # what the trail adds
+    body = (bare[..., 0] > 200) & (bare[..., 1] > 180) & (bare[..., 2] < 100)  # the yellow fill
+    assert trail.sum() > 20
+    centre = lambda m: np.nonzero(m)[axis].mean()  # noqa: E731
+    assert sign * (centre(trail) - centre(body)) > 5  # behind: opposite to the direction of motion
+
+
+def test_every_shape_has_its_own_fill_pattern():
+    u, v = np.meshgrid(np.linspace(-0.5, 0.5, 41), np.linspace(-0.5, 0.5, 41))
+    patterns = {shape: _fill_pattern(shape, u, v) for shape in SHAPES}
+    for a in SHAPES:
+        assert 0.1 < patterns[a].mean() < 0.9 or a == "star"  # a texture, not a flat fill (star: a dark core)
+        for b in SHAPES:
+            if a < b:
+                assert (patterns[a] != patterns[b]).mean() > 0.1, (a, b)
 
 
 def test_motion_goes_the_named_way():
