@@ -20,7 +20,7 @@ WHY = """\
 Why the rows look like this: no CLIP weights can be downloaded here, so the demo runs a randomly
 initialised CLIP ({clip}). Its image and text towers share no embedding space, so zero-shot retrieval
 is at chance (R@1 about {chance:.1f}% with {n} test videos). The trained heads learn the alignment from the
-training split's cached features alone (CLIP stays frozen), so its rows sit far above chance; CAMoE
+training split's cached features alone (CLIP stays frozen), so their rows sit far above chance; CAMoE
 aligns the parsed action, entity and scene phrases with their own video experts as well. "+dsl" rescores
 with all test queries at once (transductive). These numbers show the pipeline works end to end and
 compare the heads on synthetic data; they say nothing about CLIP on real data."""
