@@ -131,6 +131,19 @@ def _diagonal_first(n_blocks: int) -> Iterator[tuple[int, int]]:
     yield from ((r, c) for r in range(n_blocks) for c in range(n_blocks) if r != c)
 
 
+def _tiles(score, blocks: Blocks, desc: str, show: bool):
+    """Yield (r, c, rows, cols, scores) for every non-empty tile, diagonal tiles first, NaN refused."""
+    with _progress(len(blocks) ** 2, desc, show) as bar:
+        for r, c in _diagonal_first(len(blocks)):
+            rows, cols = blocks.texts(r), blocks.videos(c)
+            bar.update()
+            if rows.start == rows.stop or cols.start == cols.stop:
+                continue
+            s = score(rows, cols)
+            _check_tile(s)
+            yield r, c, rows, cols, s
+
+
 class _Raw:
     """Rank raw scores."""
 
@@ -207,64 +220,50 @@ def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, pro
     m, n = len(blocks.order), int(blocks.video_bounds[-1])
     tv = torch.as_tensor(blocks.text_video)
     cnt_t = cnt_v = thr_t = thr_v = buffers = device = ones = None  # made on the device of the first tile
-    with _progress(len(blocks) ** 2, progress, show) as bar:
-        for r, c in _diagonal_first(len(blocks)):
-            rows, cols = blocks.texts(r), blocks.videos(c)
-            bar.update()
-            if rows.start == rows.stop or cols.start == cols.stop:
-                continue
-            s = score(rows, cols)
-            if cnt_t is None:
-                device = s.device
-                tv = tv.to(device)
-                buffers = _Buffers(device)
-                cnt_t = torch.zeros(len(variants), m, dtype=torch.int64, device=device)
-                cnt_v = torch.zeros(len(variants), n, dtype=torch.int64, device=device)
-                thr_t = torch.empty(len(variants), m, device=device)
-                thr_v = torch.empty(len(variants), n, device=device)
-                ones = torch.ones(int(max(np.diff(blocks.text_bounds).max(), np.diff(blocks.video_bounds).max())),
-                                  device=device)
-            _check_tile(s)
-            if top1 is not None:
-                top1.update(s, rows, cols, r)
-            nr, nc = s.shape
-            own = (tv[rows] - cols.start) if r == c else None  # column of each caption's own video
-            groups = tv[rows] - int(blocks.video_bounds[r])  # caption group (video) within block r
-            n_groups = int(blocks.video_bounds[r + 1] - blocks.video_bounds[r])
-            for k, variant in enumerate(variants):
-                x = variant.t2v(s, rows, cols, buffers("x", nr, nc))
-                if own is not None:
-                    thr_t[k, rows] = x[torch.arange(nr, device=device), own]
-                cnt_t[k, rows] += torch.ge(x, thr_t[k, rows, None], out=buffers("mask", nr, nc)).sum(1).long()
-                y = variant.v2t(s, rows, cols, buffers("x", nr, nc))
-                if own is not None:  # each video's best own caption
-                    thr_v[k, cols] = torch.full((nc,), float("-inf"), device=device).scatter_reduce_(
-                        0, own, y[torch.arange(nr, device=device), own], "amax")
-                if blocks.max_group[r] > 1:  # group max over each video's captions first
-                    y = buffers("groups", n_groups, nc).fill_(float("-inf")).scatter_reduce_(
-                        0, groups[:, None].expand(nr, nc), y, "amax")
-                hits = torch.ge(y, thr_v[k, cols], out=buffers("mask", y.shape[0], nc))
-                cnt_v[k, cols] += torch.mv(hits.T, ones[: hits.shape[0]]).long()  # column sums; mv is the fast one
+    for r, c, rows, cols, s in _tiles(score, blocks, progress, show):
+        if cnt_t is None:
+            device = s.device
+            tv = tv.to(device)
+            buffers = _Buffers(device)
+            cnt_t = torch.zeros(len(variants), m, dtype=torch.int64, device=device)
+            cnt_v = torch.zeros(len(variants), n, dtype=torch.int64, device=device)
+            thr_t = torch.empty(len(variants), m, device=device)
+            thr_v = torch.empty(len(variants), n, device=device)
+            ones = torch.ones(int(max(np.diff(blocks.text_bounds).max(), np.diff(blocks.video_bounds).max())),
+                              device=device)
+        if top1 is not None:
+            top1.update(s, rows, cols, r)
+        nr, nc = s.shape
+        own = (tv[rows] - cols.start) if r == c else None  # column of each caption's own video
+        groups = tv[rows] - int(blocks.video_bounds[r])  # caption group (video) within block r
+        n_groups = int(blocks.video_bounds[r + 1] - blocks.video_bounds[r])
+        for k, variant in enumerate(variants):
+            x = variant.t2v(s, rows, cols, buffers("x", nr, nc))
+            if own is not None:
+                thr_t[k, rows] = x[torch.arange(nr, device=device), own]
+            cnt_t[k, rows] += torch.ge(x, thr_t[k, rows, None], out=buffers("mask", nr, nc)).sum(1).long()
+            y = variant.v2t(s, rows, cols, buffers("x", nr, nc))
+            if own is not None:  # each video's best own caption
+                thr_v[k, cols] = torch.full((nc,), float("-inf"), device=device).scatter_reduce_(
+                    0, own, y[torch.arange(nr, device=device), own], "amax")
+            if blocks.max_group[r] > 1:  # group max over each video's captions first
+                y = buffers("groups", n_groups, nc).fill_(float("-inf")).scatter_reduce_(
+                    0, groups[:, None].expand(nr, nc), y, "amax")
+            hits = torch.ge(y, thr_v[k, cols], out=buffers("mask", y.shape[0], nc))
+            cnt_v[k, cols] += torch.mv(hits.T, ones[: hits.shape[0]]).long()  # column sums; mv is the fast one
     return cnt_t, cnt_v
 
 
 def _dsl_normalisers(score, blocks: Blocks, m: int, n: int, show=False):
     """Pass 1 of DSL: log-sum-exp over all captions for each video, and over all videos for each caption."""
     per_video = per_text = buffers = None
-    with _progress(len(blocks) ** 2, "DSL pass 1/2 (normalisers)", show) as bar:
-        for r, c in _diagonal_first(len(blocks)):
-            rows, cols = blocks.texts(r), blocks.videos(c)
-            bar.update()
-            if rows.start == rows.stop or cols.start == cols.stop:
-                continue
-            s = score(rows, cols)
-            if per_video is None:
-                per_video, per_text = RunningLogSumExp(n, s.device), RunningLogSumExp(m, s.device)
-                buffers = _Buffers(s.device)
-            _check_tile(s)
-            over_texts, over_videos = tile_logsumexps(s, buffers("e", *s.shape))
-            per_video.add(cols, over_texts)
-            per_text.add(rows, over_videos)
+    for _, _, rows, cols, s in _tiles(score, blocks, "DSL pass 1/2 (normalisers)", show):
+        if per_video is None:
+            per_video, per_text = RunningLogSumExp(n, s.device), RunningLogSumExp(m, s.device)
+            buffers = _Buffers(s.device)
+        over_texts, over_videos = tile_logsumexps(s, buffers("e", *s.shape))
+        per_video.add(cols, over_texts)
+        per_text.add(rows, over_videos)
     return per_video.value, per_text.value
 
 
