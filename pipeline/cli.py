@@ -261,7 +261,7 @@ def fit(cache_path, run_dir, model, loss, epochs, batch_size, lr, dsl_temperatur
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path, exists=True),
               help="Cache to evaluate on. Default: the run's own.")
 @click.option("--zero-shot", is_flag=True, help="Evaluate zero-shot CLIP (meanP over frozen frames) on --cache; no run.")
-@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
+@click.option("--split", help="Split to evaluate. Default: test, or val when the cache has no test captions.")
 @click.option("--dsl", is_flag=True, help="Dual Softmax at inference. Transductive: it uses all test queries at once.")
 @click.option("--qbnorm", is_flag=True, help="QB-Norm (dynamic inverted softmax, training captions as the query bank).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the report as JSON here.")

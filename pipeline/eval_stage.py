@@ -12,9 +12,16 @@ from vtr.train.runs import load_run
 RESCORES = ("none", "dsl", "qbnorm")
 
 
+def default_split(data: CacheTensors) -> str:
+    """The split to evaluate when none is named: test, or val for a cache with no test captions (DiDeMo
+    distributed without test_data.json evaluates on val)."""
+    return "test" if (data.text_split == "test").any() or not (data.text_split == "val").any() else "val"
+
+
 def _evaluate(head, data: CacheTensors, cache_path, split, rescore, device) -> dict:
     if rescore not in RESCORES:
         raise ValueError(f"rescore must be one of {RESCORES}, not {rescore!r}")
+    split = split or default_split(data)
     # QB-Norm's query bank: the training split's captions (T2V) and videos (V2T), never test queries.
     bank = data.select("train") if rescore == "qbnorm" else None
     # Ranks are counted tile by tile (never the whole score matrix); the bar shows on large splits in a terminal.
@@ -22,13 +29,13 @@ def _evaluate(head, data: CacheTensors, cache_path, split, rescore, device) -> d
                     device=device, progress=True)
 
 
-def evaluate_zero_shot(cache_path, *, split="test", rescore="none", device="cpu", data=None) -> dict:
+def evaluate_zero_shot(cache_path, *, split=None, rescore="none", device="cpu", data=None) -> dict:
     """Zero-shot CLIP (meanP over the frozen frame embeddings): nothing trained."""
     data = data if data is not None else read_cache(cache_path)
     return _evaluate(MeanP(data.dim), data, cache_path, split, rescore, device)
 
 
-def evaluate_run(run_dir, *, cache_path=None, split="test", rescore="none", device="cpu", data=None) -> dict:
+def evaluate_run(run_dir, *, cache_path=None, split=None, rescore="none", device="cpu", data=None) -> dict:
     """A trained head from ``run_dir`` (its best checkpoint) on its cache, or on ``cache_path``."""
     head, cfg, info = load_run(Path(run_dir))
     cache_path = cache_path or info.get("cache_path")

@@ -121,3 +121,18 @@ def test_random_clip_note_and_table(tmp_path):
     back = json.loads(path.read_text())
     assert back["report"]["t2v"] == plain["t2v"] and back["n"] == 3 and back["x"] == 0.5
     assert [p.name for p in path.parent.iterdir()] == ["eval.json"]  # no temp file left behind
+
+
+def test_default_split_is_test_or_val_when_there_is_no_test():
+    """`vtr eval` without --split: test; val for a cache without test captions (DiDeMo without its test file)."""
+    from vtr.eval_stage import default_split, evaluate_zero_shot
+
+    data = make_cache()
+    assert default_split(data) == "test"
+    assert evaluate_zero_shot("c.h5", data=data)["split"] == "test"
+    no_test = make_cache()
+    no_test.video_split = np.where(no_test.video_split == "test", "val", no_test.video_split)
+    no_test.text_split = no_test.video_split[no_test.text_video]
+    assert default_split(no_test) == "val"
+    report = evaluate_zero_shot("c.h5", data=no_test)
+    assert report["split"] == "val" and report["n_videos"] == 5  # video 11 failed to decode
