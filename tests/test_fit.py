@@ -102,7 +102,8 @@ def test_run_folder_contents(trained):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == list(range(1, 13))
     assert {"epoch", "train_loss", "val", "seconds", "train_seconds", "val_seconds", "lr", "world_size"} <= set(log[0])
-    assert log[0]["train_seconds"] + log[0]["val_seconds"] <= log[0]["seconds"] + 1e-3 and log[0]["world_size"] == 1
+    # each of the three is rounded to 1 ms on its own, so the parts may exceed the whole by up to 1.5 ms
+    assert log[0]["train_seconds"] + log[0]["val_seconds"] <= log[0]["seconds"] + 2e-3 and log[0]["world_size"] == 1
     assert set(log[0]["val"]) == {"R@1", "R@5", "R@10", "MdR", "MnR"}
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     png = (run / "curves.png").read_bytes()
