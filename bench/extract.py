@@ -24,7 +24,6 @@ They are kept in ``--workdir`` (default: a temporary folder) and reused by later
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import subprocess
 import sys
@@ -35,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtr.eval.report import write_json
 from vtr.extract.clip_encoder import CLIP_MEAN, CLIP_STD, load_clip
 from vtr.extract.decode import uniform_indices
 from vtr.extract_stage import DecodeOptions, decode_window, decoded_in_order, run_extract, usable_cores
 from vtr.records import Dataset, VideoItem
+
+from machine_load import LoadWatch, save  # bench/machine_load.py, beside this script
 
 TARGET_VS_BOUND, TARGET_VS_NAIVE = 0.85, 2.0
 
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     if args.workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="vtr-bench-extract-")
         args.workdir = Path(tmp.name)
-    load_start = os.getloadavg()[0]
+    load = LoadWatch()
     t = time.perf_counter()
     paths = make_videos(args.workdir / "videos", args.n_clips, args.n_hd)
     print(f"{len(paths)} videos in {args.workdir / 'videos'} ({time.perf_counter() - t:.0f} s to make or find)")
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
         "cores": usable_cores(),
         "cpu_ms_per_frame": {k: round(1000 * v, 1) for k, v in cpu.items() if v == v},
     }
-    res["load_average_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    load_line = load.finish(res, usable_cores())
 
     print()
     print(f"{'figure':34s} {'frames/s':>9s}  CLIP precision")
@@ -294,12 +294,8 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v}" for k, v in cm.items())
           + f"; a + d = {cm['a'] + cm['d']:.1f}, so b does {(cm['a'] + cm['d']) / cm['b']:.2f} x the useful work per "
           f"CPU second" + (f"; c / b = {cm['c'] / cm['b']:.2f}" if "c" in cm else ""))
-    start, end = res["load_average_start_end"]
-    print(f"load average (1 min) at start {start}, at end {end} "
-          f"on {usable_cores()} cores: other work on the machine lowers every figure")
-    if args.json:
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    print(load_line)
+    save(res, args.json)
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -13,13 +13,13 @@ Model loading is timed apart from parsing. Captions come from the S2VT text file
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from vtr.eval.report import write_json
 from vtr.extract import parse as P
+
+from machine_load import LoadWatch, save  # bench/machine_load.py, beside this script
 
 MSVD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotations" / "msvd"
 TARGET_SECONDS = 90.0
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     import spacy
 
-    load_start = os.getloadavg()[0]  # other work on the machine slows every figure below
+    load = LoadWatch()
     captions = read_msvd(args.msvd)[: args.limit]
     sample = captions[: args.sample]
     n_words = sum(len(c.split()) for c in captions)
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     res["ratio_1proc_vs_baseline"] = round(res["ours_1proc_caps_per_s"] / res["baseline_caps_per_s"], 2)
     res["ratio_all_vs_baseline"] = round(res["all_caps_per_s"] / res["baseline_caps_per_s"], 2)
     res["under_target"] = all_s < TARGET_SECONDS
-    res["load_average_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    load_line = load.finish(res)
 
     print(f"baseline (all components, 1 process, {len(sample)} captions): {res['baseline_caps_per_s']:.0f} captions/s")
     print(f"ours (1 process, same sample, rules included):      {res['ours_1proc_caps_per_s']:.0f} captions/s "
@@ -108,11 +108,8 @@ def main(argv=None) -> int:
           f"{'met' if res['under_target'] else 'MISSED'})")
     print(f"captions with an action {res['with_action']:.1%}, entity {res['with_entity']:.1%}, "
           f"scene {res['with_scene']:.1%}")
-    print(f"load average (1 min) at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} cores: above ~0.5 other work shares the cores and the figures are low")
-    if args.json:
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    print(load_line)
+    save(res, args.json)
     return 0
 
 

@@ -19,7 +19,6 @@ phrases x vtr's seconds per distinct phrase. Target: vtr >= 5 x plain on the who
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import time
@@ -28,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtr.eval.report import write_json
 from vtr.extract import parse as P
 from vtr.extract.clip_encoder import load_clip
 from vtr.extract.datasets import load_dataset
 from vtr.extract_stage import encode_captions, encode_sorted
+
+from machine_load import LoadWatch, save  # bench/machine_load.py, beside this script
 
 ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotations" / "msvd"
 TARGET = 5.0
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
 
-    load_start = os.getloadavg()[0]
+    load = LoadWatch()
     ds = load_dataset("msvd", args.annotations, annotations=args.annotations, check_videos=False)
     captions = [c.text for c in ds.captions]
     max_words = ds.max_words
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         "max_abs_diff_sentence": diff_sent, "max_abs_diff_phrase": diff_phr,
         "batch": args.batch, "device": str(encoder.device), "torch_threads": torch.get_num_threads(),
     }
-    res["load_average_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    load_line = load.finish(res)
 
     print()
     if n < 4 * args.batch:
@@ -160,11 +160,8 @@ def main(argv=None) -> int:
     print(f"all {len(captions)} MSVD captions (projected): plain {all_plain_s / 3600:.2f} h, "
           f"vtr {all_vtr_s / 60:.1f} min, x{res['ratio_all_projected']} (target >= {TARGET}: {met})")
     print(f"  parsing them: {res['parse_caps_per_s']:.0f} captions/s, {parse_s:.0f} s (not in either figure above)")
-    print(f"load average (1 min) at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f} on {os.cpu_count()} "
-          f"cores: other work on the machine lowers every figure")
-    if args.json:
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    print(load_line)
+    save(res, args.json)
     return 0
 
 
