@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vtr.extract.paths import AnnotationError, DatasetBuilder, check_id, first_existing, read_lines, videos_folder
+from vtr.extract.paths import (AnnotationError, DatasetBuilder, annotation_folder, check_id, files_present, read_lines,
+                               videos_folder)
 from vtr.records import Dataset
 
 FILES = {"LSMDC16_annos_training.csv": "train", "LSMDC16_annos_val.csv": "val",
@@ -26,11 +27,8 @@ def read_lsmdc(root: Path, annotations: Path | None = None, *, videos: str | Pat
                check_videos: bool = True, **_ignored) -> Dataset:
     """Read LSMDC16 from ``root`` (videos) and ``annotations`` (see the module doc)."""
     root = Path(root)
-    ann = Path(annotations) if annotations is not None else first_existing(
-        root, ("annotations", "lsmdc_data", ""), tuple(FILES))
-    present = {f: s for f, s in FILES.items() if (ann / f).is_file()}
-    if not present:
-        raise FileNotFoundError(f"{ann}: no LSMDC annotations: expected {', '.join(FILES)}")
+    ann = annotation_folder(root, annotations, ("annotations", "lsmdc_data", ""), tuple(FILES))
+    present = files_present(ann, FILES, f"no LSMDC annotations: expected {', '.join(FILES)}")
     b = DatasetBuilder("lsmdc", videos_folder(root, videos, ("avi", "videos")), check_videos)
     counts: dict[str, int] = {}
     for file, split in present.items():

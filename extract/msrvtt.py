@@ -26,7 +26,7 @@ import io
 import re
 from pathlib import Path
 
-from vtr.extract.paths import (AnnotationError, DatasetBuilder, check_id, first_existing, load_json, read_lines,
+from vtr.extract.paths import (AnnotationError, DatasetBuilder, annotation_folder, check_id, load_json, read_lines,
                               videos_folder)
 from vtr.records import Dataset
 
@@ -44,8 +44,7 @@ def read_msrvtt(root: Path, annotations: Path | None = None, *, split_variant: s
     if split_variant not in VARIANTS:
         raise ValueError(f"MSR-VTT split variant must be one of {', '.join(VARIANTS)}, not {split_variant!r}")
     root = Path(root)
-    ann = Path(annotations) if annotations is not None else first_existing(
-        root, ("annotations", "msrvtt_data", ""), (MERGED,) + OFFICIAL)
+    ann = annotation_folder(root, annotations, ("annotations", "msrvtt_data", ""), (MERGED,) + OFFICIAL)
     official_split, sentences = _read_official(ann)
     name = f"msrvtt-{split_variant}"  # the variant is part of the cache's identity: splits differ
     b = DatasetBuilder(name, videos_folder(root, videos, ("videos/all", "MSRVTT_Videos", "videos")), check_videos)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from vtr.extract.paths import (AnnotationError, DatasetBuilder, check_id, first_existing, read_lines,
+from vtr.extract.paths import (AnnotationError, DatasetBuilder, annotation_folder, check_id, read_lines,
                                videos_folder)
 from vtr.records import SPLITS, Dataset
 
@@ -33,8 +33,7 @@ def read_msvd(root: Path, annotations: Path | None = None, *, videos: str | Path
     """Read MSVD from ``root`` (videos) and ``annotations`` (see the module doc for the layouts)."""
     root = Path(root)
     want = (MAPPING, PKL, LIST.format("train"))
-    ann = Path(annotations) if annotations is not None else first_existing(
-        root, ("annotations", "msvd_data", ""), want)
+    ann = annotation_folder(root, annotations, ("annotations", "msvd_data", ""), want)
     b = DatasetBuilder("msvd", videos_folder(root, videos, ("YouTubeClips", "videos")), check_videos)
 
     split_of = _read_split_lists(ann)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vtr.extract.paths import (AnnotationError, DatasetBuilder, check_id, first_existing, load_json, read_lines,
-                               split_ext, videos_folder)
+from vtr.extract.paths import (AnnotationError, DatasetBuilder, annotation_folder, check_id, files_present, load_json,
+                               read_lines, split_ext, videos_folder)
 from vtr.records import SPLITS, Dataset
 
 DIDEMO_FILES = {s: f"{s}_data.json" for s in SPLITS}
@@ -42,11 +42,10 @@ def read_didemo(root: Path, annotations: Path | None = None, *, use_lists: bool 
                 videos: str | Path | None = None, check_videos: bool = True, **_ignored) -> Dataset:
     """Read DiDeMo paragraphs from ``root`` (videos) and ``annotations`` (see the module doc)."""
     root = Path(root)
-    ann = Path(annotations) if annotations is not None else first_existing(
-        root, ("annotations", "didemo_data", ""), tuple(DIDEMO_FILES.values()))
-    present = {s: ann / f for s, f in DIDEMO_FILES.items() if (ann / f).is_file()}
-    if not present:
-        raise FileNotFoundError(f"{ann}: no DiDeMo annotations: expected any of {', '.join(DIDEMO_FILES.values())}")
+    ann = annotation_folder(root, annotations, ("annotations", "didemo_data", ""), tuple(DIDEMO_FILES.values()))
+    by_file = files_present(ann, {f: s for s, f in DIDEMO_FILES.items()},
+                            f"no DiDeMo annotations: expected any of {', '.join(DIDEMO_FILES.values())}")
+    present = {s: ann / f for f, s in by_file.items()}
     b = DatasetBuilder("didemo", videos_folder(root, videos, ("videos",)), check_videos)
     listed = _read_didemo_lists(ann, present) if use_lists else None
     for split, path in present.items():
@@ -101,11 +100,8 @@ def read_activitynet(root: Path, annotations: Path | None = None, *, videos: str
                      check_videos: bool = True, **_ignored) -> Dataset:
     """Read ActivityNet Captions paragraphs from ``root`` (videos) and ``annotations`` (see the module doc)."""
     root = Path(root)
-    ann = Path(annotations) if annotations is not None else first_existing(
-        root, ("annotations", "activitynet_data", ""), tuple(ANET_FILES))
-    present = {f: s for f, s in ANET_FILES.items() if (ann / f).is_file()}
-    if not present:
-        raise FileNotFoundError(f"{ann}: no ActivityNet Captions annotations: expected train.json and val_1.json")
+    ann = annotation_folder(root, annotations, ("annotations", "activitynet_data", ""), tuple(ANET_FILES))
+    present = files_present(ann, ANET_FILES, "no ActivityNet Captions annotations: expected train.json and val_1.json")
     b = DatasetBuilder("activitynet", videos_folder(root, videos, ("videos",)), check_videos)
     for file, split in present.items():
         path = ann / file

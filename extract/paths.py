@@ -176,6 +176,21 @@ def first_existing(root: Path, candidates: tuple[str, ...], want: tuple[str, ...
     return root
 
 
+def annotation_folder(root: Path, annotations: str | Path | None, candidates: tuple[str, ...],
+                      want: tuple[str, ...]) -> Path:
+    """``annotations`` when the user named it, else `first_existing` of ``candidates`` under ``root``."""
+    return Path(annotations) if annotations is not None else first_existing(root, candidates, want)
+
+
+def files_present(ann: Path, files: dict, missing: str) -> dict:
+    """The entries of ``files`` (file name -> anything) whose file is in ``ann``; none is an error that names
+    ``ann`` and says ``missing`` (what was expected there)."""
+    present = {f: v for f, v in files.items() if (ann / f).is_file()}
+    if not present:
+        raise FileNotFoundError(f"{ann}: {missing}")
+    return present
+
+
 def videos_folder(root: Path, videos: str | Path | None, candidates: tuple[str, ...]) -> Path:
     """``videos`` (relative to ``root`` unless absolute), else the first of ``candidates`` that exists, else root."""
     if videos is not None:
