@@ -15,8 +15,9 @@ How the ranks are counted (``chunked_ranks``):
   groups whose max score >= the video's threshold. The count includes the true candidate itself, so it is
   exactly ``metrics.TIE_RULE``. Only the tile's comparisons and one number per query are kept.
 - DSL at inference normalises each video's column over ALL test captions (T2V) and each caption's row over all
-  videos (V2T). Pass 1 over the tiles gathers both log-sum-exps; pass 2 recomputes each tile and counts on
-  ``S * exp(S - lse) * n``. So DSL costs two matrix products.
+  videos (V2T). Pass 1 over the tiles gathers both log-sum-exps; pass 2 counts on ``S * exp(S - lse)``, both
+  directions from one exp per score (``_Dsl``). Pass 2 reuses the tiles pass 1 kept within a memory budget
+  (``_KeptTiles``) and scores the others again, so DSL costs one to two matrix products.
 - QB-Norm: bank passes give each test video (T2V) and each test caption (V2T) its log-sum-exp over the query
   bank and whether it is in a bank query's top-1. Whether a query is normalised depends on its own top-1 over
   the whole gallery, known only at the end, so the raw and the normalised counts are both kept and each
@@ -29,6 +30,8 @@ candidates within float rounding of each other can swap places.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -38,11 +41,13 @@ from tqdm import tqdm
 from vtr.eval.metrics import (DEFAULT_TILE, TIE_RULE, Blocks, check_every_video_captioned, plan_blocks,
                               retrieval_metrics)
 from vtr.eval.report import RANDOM_CLIP_NOTE
-from vtr.eval.rescore import QueryBankStats, RunningLogSumExp, dsl_tile, tile_logsumexps
+from vtr.eval.rescore import (SHARED_SHIFT_RANGE, QueryBankStats, RunningLogSumExp, dsl_direct,
+                              tile_logsumexps)
 from vtr.records import CacheTensors
 from vtr.train.heads import RetrievalHead, text_batch, video_batch
 
 RESCORE = ("none", "dsl", "qbnorm")
+DSL_MEMORY_MIB = 1024  # default budget for DSL's kept tiles: the whole matrix up to about 16k x 16k
 
 
 @torch.no_grad()
@@ -74,32 +79,71 @@ class TileScorer:
     A head that keeps ``RetrievalHead.similarity`` (every head in ``vtr.train.heads``) is scored with one
     matrix product, ``scale * <gate * t, v>`` over the experts' concatenated embeddings: the same gated sum of
     per-expert dot products, written into a reused buffer. A head with its own ``similarity`` is called as is.
-    With ``cosine``, scores are divided by the logit scale (the range QB-Norm's beta is meant for).
+    With ``cosine``, scores are divided by the logit scale (the range QB-Norm's beta is meant for). With
+    ``defer_scale``, the one-product path leaves the scale out and ``alpha`` holds it: ``alpha * tile`` are
+    the logits (DSL folds it into the op it needs anyway). ``alpha`` is 1 otherwise.
 
     The returned tile is overwritten by the next call.
     """
 
-    def __init__(self, head, t: torch.Tensor, gate: torch.Tensor, v: torch.Tensor, *, cosine: bool = False):
+    def __init__(self, head, t: torch.Tensor, gate: torch.Tensor, v: torch.Tensor, *, cosine: bool = False,
+                 defer_scale: bool = False):
         self.head, self.t, self.gate, self.v, self.cosine = head, t, gate, v, cosine
         self.scale = head.scale.detach().to(t.device)
         self.matmul = type(head).similarity is RetrievalHead.similarity
+        self.defer = defer_scale and self.matmul and not cosine
+        self.alpha = float(self.scale) if self.defer else 1.0
         if self.matmul:
             one_expert = t.shape[1] == 1 and bool((gate == 1).all())
             self._t = t[:, 0] if one_expert else (t * gate.unsqueeze(-1)).flatten(1)  # no copy for one expert
             self._v = v.flatten(1)
         self._buffer = None
 
-    def __call__(self, rows: slice, cols: slice) -> torch.Tensor:
+    def __call__(self, rows: slice, cols: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The tile's scores, written into ``out`` when given, else into the reused buffer."""
         if self.matmul:
             a, b = self._t[rows], self._v[cols]
             n = a.shape[0] * b.shape[0]
-            if self._buffer is None or self._buffer.numel() < n:
-                self._buffer = torch.empty(n, device=a.device)
-            out = torch.mm(a, b.T, out=self._buffer[:n].view(a.shape[0], b.shape[0]))
+            if out is None:
+                if self._buffer is None or self._buffer.numel() < n:
+                    self._buffer = torch.empty(n, device=a.device)
+                out = self._buffer[:n].view(a.shape[0], b.shape[0])
+            torch.mm(a, b.T, out=out)
+            if self.defer:
+                return out
             out.mul_(self.scale)
         else:
-            out = self.head.similarity(self.t[rows], self.gate[rows], self.v[cols]).float()
+            s = self.head.similarity(self.t[rows], self.gate[rows], self.v[cols]).float()
+            out = s if out is None else out.copy_(s)
         return out.div_(self.scale) if self.cosine else out
+
+
+class _KeptTiles:
+    """A ``TileScorer`` that keeps the tiles it scores, up to ``budget`` bytes, and hands each out once more.
+
+    DSL scores every tile twice, once per pass; kept tiles spare pass 2 the matrix product, the bulk of its
+    time. They live in one pool allocated and zeroed up front: on the 2-core machine of bench/eval.py, page
+    faults taken inside the matrix product made it up to 1.8 x slower, while zeroing first costs about a
+    sixth of a product.
+    """
+
+    def __init__(self, score: TileScorer, budget: int, total: int):
+        self.score, self.alpha, self.keeping = score, score.alpha, True
+        self.pool = torch.zeros(min(budget, total) // 4, device=score.v.device) if min(budget, total) > 0 else None
+        self.kept, self.used = {}, 0
+
+    def __call__(self, rows: slice, cols: slice) -> torch.Tensor:
+        kept = self.kept.pop((rows.start, cols.start), None)
+        if kept is not None:
+            return kept
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        size = shape[0] * shape[1]
+        if not self.keeping or self.pool is None or self.used + size > len(self.pool):
+            return self.score(rows, cols)
+        out = self.pool[self.used : self.used + size].view(shape)
+        self.kept[rows.start, cols.start] = s = self.score(rows, cols, out=out)
+        self.used += size
+        return s
 
 
 class _Buffers:
@@ -131,8 +175,9 @@ def _diagonal_first(n_blocks: int) -> Iterator[tuple[int, int]]:
     yield from ((r, c) for r in range(n_blocks) for c in range(n_blocks) if r != c)
 
 
-def _tiles(score, blocks: Blocks, desc: str, show: bool):
-    """Yield (r, c, rows, cols, scores) for every non-empty tile, diagonal tiles first, NaN refused."""
+def _tiles(score, blocks: Blocks, desc: str, show: bool, check: bool = True):
+    """Yield (r, c, rows, cols, scores) for every non-empty tile, diagonal tiles first, NaN refused
+    (unless ``check`` is off: the caller checks, or an earlier pass over the same tiles did)."""
     with _progress(len(blocks) ** 2, desc, show) as bar:
         for r, c in _diagonal_first(len(blocks)):
             rows, cols = blocks.texts(r), blocks.videos(c)
@@ -140,12 +185,16 @@ def _tiles(score, blocks: Blocks, desc: str, show: bool):
             if rows.start == rows.stop or cols.start == cols.stop:
                 continue
             s = score(rows, cols)
-            _check_tile(s)
+            if check:
+                _check_tile(s)
             yield r, c, rows, cols, s
 
 
 class _Raw:
-    """Rank raw scores."""
+    """Rank raw scores. Variants rank ``t2v(...)`` and ``v2t(...)`` of each tile; ``begin`` sees the tile first."""
+
+    def begin(self, s, r, c, rows, cols, own, buffers):
+        pass
 
     def t2v(self, s, rows, cols, out):
         return s
@@ -153,21 +202,75 @@ class _Raw:
     v2t = t2v
 
 
-class _Dsl:
-    """Inference-time DSL: ``dsl_t2v`` (softmax over all captions per video, times M) and ``dsl_v2t``
-    (softmax over all videos per caption, times N), from the log-sum-exps of pass 1."""
+@dataclass
+class _DslPass1:
+    """What pass 1 of DSL learns from the tiles. ``alpha * s`` are the logits of a tile ``s`` as scored."""
 
-    def __init__(self, lse_per_video, lse_per_text, n_texts, n_videos):
-        self.lse_v, self.lse_t, self.m, self.n = lse_per_video, lse_per_text, n_texts, n_videos
+    lse_v: torch.Tensor  # [N] log-sum-exp of each video's logits over all captions
+    lse_t: torch.Tensor  # [M] log-sum-exp of each caption's logits over all videos
+    shifts: dict  # (r, c) -> the tile's shared shift: its maximum logit (0-dim tensor)
+    bound: torch.Tensor  # max |s| over the matrix (0-dim tensor)
+    alpha: float
+
+
+class _Dsl(_Raw):
+    """Inference-time DSL (``dsl_t2v``, ``dsl_v2t``) with one exp per score.
+
+    T2V ranks ``x = s * exp(alpha s - lse_v[j])`` and V2T ``y = s * exp(alpha s - lse_t[i])``
+    (``rescore.dsl_direct``): DSL over the constants alpha * M and alpha * N, which leave every order alone. Both
+    come from ``p = s * exp(alpha s - c)``, c the tile's shift from pass 1: ``x = p * exp(c - lse_v[j])``,
+    ``y = p * exp(c - lse_t[i])``.
+
+    The product is the direct form up to rounding unless a factor is subnormal, and then, when
+    ``c - lse <= SHARED_SHIFT_RANGE`` (30), both are below ``max(S, 1) * e^-57`` in magnitude (S = max |s|).
+    So a column (T2V) or row (V2T) whose lse is more than 30 below c is computed directly, and so is, in
+    every tile, a caption (T2V) or video (V2T) whose own score is below ``max(S, 1) * e^-50`` in magnitude.
+    Every other comparison with a threshold then falls on the same side as the direct form's.
+    """
+
+    def __init__(self, pass1: _DslPass1, n_texts: int, n_videos: int):
+        self.lse_v, self.lse_t, self.shifts, self.alpha = pass1.lse_v, pass1.lse_t, pass1.shifts, pass1.alpha
+        self.tiny = pass1.bound.clamp(min=1.0) * math.exp(-50.0)
+        self.direct_t = torch.zeros(n_texts, dtype=torch.bool, device=self.lse_t.device)
+        self.direct_v = torch.zeros(n_videos, dtype=torch.bool, device=self.lse_v.device)
+
+    def begin(self, s, r, c, rows, cols, own, buffers):
+        shift = self.shifts[r, c]
+        self.p = torch.add(-shift, s, alpha=self.alpha, out=buffers("p", *s.shape)).exp_().mul_(s)
+        lse_v, lse_t = self.lse_v[cols], self.lse_t[rows]
+        self.col_factor, self.row_factor = (shift - lse_v).exp_(), (shift - lse_t).exp_()[:, None]
+        self.far_cols = (shift - lse_v > SHARED_SHIFT_RANGE).nonzero().squeeze(1)
+        self.far_rows = (shift - lse_t > SHARED_SHIFT_RANGE).nonzero().squeeze(1)
+        if own is not None:  # a diagonal tile: which captions and videos to rank with the direct form
+            s_own = s[torch.arange(len(own), device=s.device), own]
+            x_own = dsl_direct(s_own, lse_v[own], self.alpha)
+            self.direct_t[rows] = x_own.abs() < self.tiny
+            y_own = dsl_direct(s_own, lse_t, self.alpha)
+            best = torch.full((s.shape[1],), float("-inf"), device=s.device).scatter_reduce_(0, own, y_own, "amax")
+            self.direct_v[cols] = best.abs() < self.tiny
 
     def t2v(self, s, rows, cols, out):
-        return dsl_tile(s, self.lse_v[cols], self.m, out)
+        x = torch.mul(self.p, self.col_factor, out=out)
+        if len(self.far_cols):
+            far = self.far_cols
+            x[:, far] = dsl_direct(s[:, far], self.lse_v[cols][far], self.alpha)
+        direct = self.direct_t[rows].nonzero().squeeze(1)
+        if len(direct):
+            x[direct] = dsl_direct(s[direct], self.lse_v[cols], self.alpha)
+        return x
 
     def v2t(self, s, rows, cols, out):
-        return dsl_tile(s, self.lse_t[rows, None], self.n, out)
+        y = torch.mul(self.p, self.row_factor, out=out)
+        if len(self.far_rows):
+            far = self.far_rows
+            y[far] = dsl_direct(s[far], self.lse_t[rows][far, None], self.alpha)
+        direct = self.direct_v[cols].nonzero().squeeze(1)
+        if len(direct):
+            y[:, direct] = dsl_direct(s[:, direct], self.lse_t[rows, None], self.alpha)
+        return y
 
 
-class _QbNormalised:
+class _QbNormalised(_Raw):
     """QB-Norm's inverted softmax in log space, ``beta * s - lse_bank`` (per video for T2V, per caption for V2T)."""
 
     def __init__(self, beta, lse_per_video, lse_per_text):
@@ -215,12 +318,13 @@ class _Top1:
         self._merge(self.col_val, self.col_idx, cols, m, i)
 
 
-def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, progress: str = "", show=False):
+def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, progress: str = "", show=False,
+                 check: bool = True):
     """Rank counts [variants, M] (sorted caption order) and [variants, N] for each variant's re-scoring."""
     m, n = len(blocks.order), int(blocks.video_bounds[-1])
     tv = torch.as_tensor(blocks.text_video)
     cnt_t = cnt_v = thr_t = thr_v = buffers = device = ones = None  # made on the device of the first tile
-    for r, c, rows, cols, s in _tiles(score, blocks, progress, show):
+    for r, c, rows, cols, s in _tiles(score, blocks, progress, show, check):
         if cnt_t is None:
             device = s.device
             tv = tv.to(device)
@@ -238,6 +342,7 @@ def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, pro
         groups = tv[rows] - int(blocks.video_bounds[r])  # caption group (video) within block r
         n_groups = int(blocks.video_bounds[r + 1] - blocks.video_bounds[r])
         for k, variant in enumerate(variants):
+            variant.begin(s, r, c, rows, cols, own, buffers)
             x = variant.t2v(s, rows, cols, buffers("x", nr, nc))
             if own is not None:
                 thr_t[k, rows] = x[torch.arange(nr, device=device), own]
@@ -254,17 +359,24 @@ def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, pro
     return cnt_t, cnt_v
 
 
-def _dsl_normalisers(score, blocks: Blocks, m: int, n: int, show=False):
-    """Pass 1 of DSL: log-sum-exp over all captions for each video, and over all videos for each caption."""
+def _dsl_pass1(score, blocks: Blocks, m: int, n: int, show=False) -> _DslPass1:
+    """Pass 1 of DSL: log-sum-exp over all captions for each video and over all videos for each caption,
+    each tile's shift, and the bound on |s|. NaN is refused here, so pass 2 need not look again."""
     per_video = per_text = buffers = None
-    for _, _, rows, cols, s in _tiles(score, blocks, "DSL pass 1/2 (normalisers)", show):
+    shifts, bound = {}, torch.zeros(())
+    for r, c, rows, cols, s in _tiles(score, blocks, "DSL pass 1/2 (normalisers)", show, check=False):
         if per_video is None:
             per_video, per_text = RunningLogSumExp(n, s.device), RunningLogSumExp(m, s.device)
-            buffers = _Buffers(s.device)
-        over_texts, over_videos = tile_logsumexps(s, buffers("e", *s.shape))
+            buffers, bound = _Buffers(s.device), bound.to(s.device)
+        low, high = torch.aminmax(s)  # NaN anywhere makes both NaN
+        if torch.isnan(high):
+            _check_tile(s)
+        shifts[r, c] = shift = high * score.alpha
+        bound = torch.maximum(bound, torch.maximum(high.abs(), low.abs()))
+        over_texts, over_videos = tile_logsumexps(s, buffers("e", *s.shape), alpha=score.alpha, shift=shift)
         per_video.add(cols, over_texts)
         per_text.add(rows, over_videos)
-    return per_video.value, per_text.value
+    return _DslPass1(per_video.value, per_text.value, shifts, bound, score.alpha)
 
 
 def _bank_stats(score, n_bank: int, n_gallery: int, chunk: int, *, gallery_is_video: bool, beta, k, desc, show):
@@ -287,7 +399,8 @@ def _bank_stats(score, n_bank: int, n_gallery: int, chunk: int, *, gallery_is_vi
 
 @torch.no_grad()
 def chunked_ranks(head, t, gate, v, text_video, *, rescore: str = "none", bank=None, chunk: int = DEFAULT_TILE,
-                  beta: float = 20.0, k: int = 1, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  beta: float = 20.0, k: int = 1, progress: bool = False,
+                  dsl_memory_mib: float = DSL_MEMORY_MIB) -> tuple[np.ndarray, np.ndarray]:
     """1-based T2V ranks [M] and V2T ranks [N] of encoded captions ``(t, gate)`` against videos ``v``.
 
     The same ranks as building ``score_matrix``, re-scoring it (``rescore``: "none", "dsl" as ``dsl_t2v`` /
@@ -295,6 +408,10 @@ def chunked_ranks(head, t, gate, v, text_video, *, rescore: str = "none", bank=N
     ``t2v_ranks`` / ``v2t_ranks``, but computed tile by tile (see the module docstring): memory
     O(chunk^2 + M + N). ``text_video[i]`` is caption i's video. ``bank`` is ``(t, gate, v)`` of the query bank
     (QB-Norm only): its captions are the T2V bank, its videos the V2T bank.
+
+    DSL keeps up to ``dsl_memory_mib`` MiB of pass 1's tiles for pass 2 instead of scoring them again: the
+    whole matrix when it fits (a 10k x 10k float32 matrix is 381 MiB), so DSL then costs one matrix product,
+    not two. 0 recomputes every tile, for the least memory.
     """
     if rescore not in RESCORE:
         raise ValueError(f"rescore must be one of {RESCORE}, got {rescore!r}")
@@ -309,14 +426,15 @@ def chunked_ranks(head, t, gate, v, text_video, *, rescore: str = "none", bank=N
         t_sorted, gate_sorted = t[order], gate[order]
     else:
         t_sorted, gate_sorted = t, gate
-    score = TileScorer(head, t_sorted, gate_sorted, v, cosine=rescore == "qbnorm")
+    score = TileScorer(head, t_sorted, gate_sorted, v, cosine=rescore == "qbnorm", defer_scale=rescore == "dsl")
     big = len(blocks) ** 2 >= 16 and progress
     top1 = None
     if rescore == "none":
         variants = [_Raw()]
     elif rescore == "dsl":
-        lse_v, lse_t = _dsl_normalisers(score, blocks, n_texts, n_videos, big)
-        variants = [_Dsl(lse_v, lse_t, n_texts, n_videos)]
+        score = _KeptTiles(score, int(dsl_memory_mib * 2**20), n_texts * n_videos * 4)
+        variants = [_Dsl(_dsl_pass1(score, blocks, n_texts, n_videos, big), n_texts, n_videos)]
+        score.keeping = False
     else:
         if bank is None:
             raise ValueError("rescore='qbnorm' needs a query bank: bank=(t, gate, v)")
@@ -329,7 +447,7 @@ def chunked_ranks(head, t, gate, v, text_video, *, rescore: str = "none", bank=N
         variants = [_Raw(), _QbNormalised(beta, lse_v, lse_t[order])]
         top1 = _Top1(blocks, t.device)
     desc = {"none": "ranks", "dsl": "DSL pass 2/2 (ranks)", "qbnorm": "QB-Norm ranks"}[rescore]
-    cnt_t, cnt_v = _count_ranks(score, blocks, variants, top1, desc, big)
+    cnt_t, cnt_v = _count_ranks(score, blocks, variants, top1, desc, big, check=rescore != "dsl")
     if top1 is None:
         t2v, v2t = cnt_t[0], cnt_v[0]
     else:  # QB-Norm: a query is normalised only if its own top-1 is in the bank's activation set
@@ -343,7 +461,8 @@ def chunked_ranks(head, t, gate, v, text_video, *, rescore: str = "none", bank=N
 @torch.no_grad()
 def evaluate(head, data: CacheTensors, *, split: str = "test", rescore: str = "none",
              bank: CacheTensors | None = None, bank_split: str = "train", cache_path: str = "",
-             device="cpu", batch_size: int = 1024, chunk: int = DEFAULT_TILE, progress: bool = False) -> dict:
+             device="cpu", batch_size: int = 1024, chunk: int = DEFAULT_TILE, progress: bool = False,
+             dsl_memory_mib: float = DSL_MEMORY_MIB) -> dict:
     """T2V and V2T retrieval metrics of ``head`` on ``data.select(split)``, as a JSON-ready report.
 
     ``rescore``: "none" ranks raw logits; "dsl" applies inference-time Dual Softmax (transductive);
@@ -352,7 +471,8 @@ def evaluate(head, data: CacheTensors, *, split: str = "test", rescore: str = "n
     head's logit scale), the range its beta=20 is meant for.
 
     Scores are ranked in tiles of at most ``chunk`` captions x ``chunk`` videos (``chunked_ranks``), so the
-    full score matrix is never built; ``progress`` shows a bar on large splits.
+    full score matrix is never built; ``progress`` shows a bar on large splits. ``dsl_memory_mib``: see
+    ``chunked_ranks``.
     """
     if rescore not in RESCORE:
         raise ValueError(f"rescore must be one of {RESCORE}, got {rescore!r}")
@@ -381,7 +501,7 @@ def evaluate(head, data: CacheTensors, *, split: str = "test", rescore: str = "n
         notes.append(f"QB-Norm (dynamic inverted softmax, beta=20, k=1) with a query bank of the {bank_split!r} "
                      f"split: {len(b.text_video)} captions (T2V), {len(b.video_ids)} videos (V2T)")
     t2v, v2t = chunked_ranks(head, t, gate, v, test.text_video, rescore=rescore, bank=bank_emb, chunk=chunk,
-                             progress=progress)
+                             progress=progress, dsl_memory_mib=dsl_memory_mib)
 
     clip = data.attrs.get("clip_model", "")
     if str(clip).startswith("random:"):

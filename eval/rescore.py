@@ -6,7 +6,7 @@ return texts x videos, so ``metrics.t2v_ranks`` / ``metrics.v2t_ranks`` apply un
 the max over a video's captions, now on the re-scored values). These whole-matrix forms are the definitions.
 
 ``vtr.eval.evaluate`` applies the same re-scoring one tile at a time, with the pieces below: running
-log-sum-exps (``tile_logsumexps``, ``RunningLogSumExp``), ``dsl_tile``, and ``QueryBankStats``, which
+log-sum-exps (``tile_logsumexps``, ``RunningLogSumExp``), ``dsl_direct``, and ``QueryBankStats``, which
 ``qbnorm`` itself uses, so both gather the bank's statistics the same way.
 """
 from __future__ import annotations
@@ -71,26 +71,32 @@ def block_logsumexp(x: torch.Tensor, dim: int, buffer: torch.Tensor | None = Non
     return e.sum(dim).log_().add_(m.squeeze(dim))
 
 
-# Pass 1 of chunked DSL shifts a whole tile by its maximum c, so one exp serves both the row and the column
-# sums. A row or column whose sum of exp(s - c) is below exp(-30) (its own maximum is at least 30 below c) is
-# redone with its own shift, so no term that matters comes near float32's underflow at exp(-87).
-_SHARED_SHIFT_FLOOR = math.exp(-30.0)
+# Chunked DSL shares one shift per tile, c = its maximum logit: pass 1 takes both the row and the column sums
+# from one exp(s - c), and pass 2 both directions' weights. A row or column more than SHARED_SHIFT_RANGE
+# below c is redone with its own shift, so no term that matters comes near float32's underflow at exp(-87).
+SHARED_SHIFT_RANGE = 30.0
 
 
-def tile_logsumexps(s: torch.Tensor, buffer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``logsumexp(s, 0)``, ``logsumexp(s, 1)``) of a tile with one exp per element, not two."""
-    c = s.max()
+def tile_logsumexps(s: torch.Tensor, buffer: torch.Tensor | None = None, *, alpha: float = 1.0,
+                    shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``logsumexp(alpha * s, 0)``, ``logsumexp(alpha * s, 1)``) of a tile with one exp per element, not two.
+
+    ``shift`` is ``alpha * s.max()`` when the caller has it already; ``alpha`` turns ``s`` into logits.
+    """
+    c = alpha * s.max() if shift is None else shift
     if not torch.isfinite(c):
-        return block_logsumexp(s, 0, buffer), block_logsumexp(s, 1, buffer)
-    e = torch.sub(s, c, out=buffer[: s.shape[0], : s.shape[1]] if buffer is not None else None).exp_()
+        logits = s * alpha
+        return block_logsumexp(logits, 0, buffer), block_logsumexp(logits, 1, buffer)
+    e = torch.add(-c, s, alpha=alpha, out=buffer[: s.shape[0], : s.shape[1]] if buffer is not None else None).exp_()
     col_sum, row_sum = e.sum(0), e.sum(1)
-    low_cols = (col_sum < _SHARED_SHIFT_FLOOR).nonzero().squeeze(1)
-    low_rows = (row_sum < _SHARED_SHIFT_FLOOR).nonzero().squeeze(1)
+    floor = math.exp(-SHARED_SHIFT_RANGE)
+    low_cols = (col_sum < floor).nonzero().squeeze(1)
+    low_rows = (row_sum < floor).nonzero().squeeze(1)
     per_col, per_row = col_sum.log_().add_(c), row_sum.log_().add_(c)
     if len(low_cols):
-        per_col[low_cols] = block_logsumexp(s[:, low_cols], 0)
+        per_col[low_cols] = block_logsumexp(s[:, low_cols] * alpha, 0)
     if len(low_rows):
-        per_row[low_rows] = block_logsumexp(s[low_rows], 1)
+        per_row[low_rows] = block_logsumexp(s[low_rows] * alpha, 1)
     return per_col, per_row
 
 
@@ -207,14 +213,15 @@ def qbnorm(sim, bank_sim, beta: float = 20.0, k: int = 1, chunk: int = BANK_CHUN
     return torch.where(use[:, None], normalised, s)
 
 
-def dsl_tile(s: torch.Tensor, lse: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """One tile of inference-time DSL, ``s * exp(s - lse) * n``, where ``lse`` (broadcast against the tile)
-    is the log-sum-exp of the whole matrix along the softmax's dimension and ``n`` its length.
+def dsl_direct(s: torch.Tensor, lse: torch.Tensor, alpha: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``s * exp(alpha * s - lse)``: inference-time DSL of logits ``alpha * s`` divided by ``alpha * n``.
 
-    Equal to the matching tile of ``dsl`` (temperature 1) up to float rounding; written into ``out``.
+    ``lse`` (broadcast against ``s``) is the log-sum-exp of the whole matrix of logits along the softmax's
+    dimension, and ``n`` its length. Dividing by the constant ``alpha * n`` leaves every order as it is, so
+    this ranks as the matching part of ``dsl`` (temperature 1) does, up to float rounding.
     """
-    out = torch.sub(s, lse, out=out)
-    return out.exp_().mul_(s).mul_(n)
+    out = torch.add(-lse, s, alpha=alpha, out=out)
+    return out.exp_().mul_(s)
 
 
 def qbnorm_t2v(sim, bank_sim, beta: float = 20.0, k: int = 1) -> torch.Tensor:

@@ -264,9 +264,12 @@ def fit(cache_path, run_dir, model, loss, epochs, batch_size, lr, dsl_temperatur
 @click.option("--split", help="Split to evaluate. Default: test, or val when the cache has no test captions.")
 @click.option("--dsl", is_flag=True, help="Dual Softmax at inference. Transductive: it uses all test queries at once.")
 @click.option("--qbnorm", is_flag=True, help="QB-Norm (dynamic inverted softmax, training captions as the query bank).")
+@click.option("--dsl-memory", "dsl_memory_mib", type=click.FloatRange(min=0), default=1024, show_default=True,
+              metavar="MIB", help="With --dsl: MiB of scores kept from DSL's first pass so the second need not "
+              "recompute them (the whole matrix if it fits: 10k x 10k takes 381 MiB). 0: recompute all, least memory.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-def eval_(run_dir, cache_path, zero_shot, split, dsl, qbnorm, json_path, device):
+def eval_(run_dir, cache_path, zero_shot, split, dsl, qbnorm, dsl_memory_mib, json_path, device):
     """Text-to-video and video-to-text R@1/5/10, MdR, MnR (tie-safe ranks, multi-caption protocol)."""
     from vtr.eval.report import format_table, write_json
     from vtr.eval_stage import evaluate_run, evaluate_zero_shot
@@ -279,11 +282,13 @@ def eval_(run_dir, cache_path, zero_shot, split, dsl, qbnorm, json_path, device)
         if zero_shot:
             if not cache_path:
                 raise click.UsageError("--zero-shot needs --cache")
-            report = evaluate_zero_shot(cache_path, split=split, rescore=rescore, device=device)
+            report = evaluate_zero_shot(cache_path, split=split, rescore=rescore, device=device,
+                                        dsl_memory_mib=dsl_memory_mib)
         else:
             run_dir = run_dir or latest_run(RUNS_DIR)
             _log(f"evaluating {run_dir}")
-            report = evaluate_run(run_dir, cache_path=cache_path, split=split, rescore=rescore, device=device)
+            report = evaluate_run(run_dir, cache_path=cache_path, split=split, rescore=rescore, device=device,
+                                  dsl_memory_mib=dsl_memory_mib)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         _fail(e)
     click.echo(format_table([report]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vtr.cache import read_cache
-from vtr.eval.evaluate import evaluate
+from vtr.eval.evaluate import DSL_MEMORY_MIB, evaluate
 from vtr.records import CacheTensors
 from vtr.train.heads import MeanP
 from vtr.train.runs import load_run
@@ -18,7 +18,7 @@ def default_split(data: CacheTensors) -> str:
     return "test" if (data.text_split == "test").any() or not (data.text_split == "val").any() else "val"
 
 
-def _evaluate(head, data: CacheTensors, cache_path, split, rescore, device) -> dict:
+def _evaluate(head, data: CacheTensors, cache_path, split, rescore, device, dsl_memory_mib) -> dict:
     if rescore not in RESCORES:
         raise ValueError(f"rescore must be one of {RESCORES}, not {rescore!r}")
     split = split or default_split(data)
@@ -26,22 +26,24 @@ def _evaluate(head, data: CacheTensors, cache_path, split, rescore, device) -> d
     bank = data.select("train") if rescore == "qbnorm" else None
     # Ranks are counted tile by tile (never the whole score matrix); the bar shows on large splits in a terminal.
     return evaluate(head, data, split=split, rescore=rescore, bank=bank, cache_path=str(cache_path),
-                    device=device, progress=True)
+                    device=device, progress=True, dsl_memory_mib=dsl_memory_mib)
 
 
-def evaluate_zero_shot(cache_path, *, split=None, rescore="none", device="cpu", data=None) -> dict:
+def evaluate_zero_shot(cache_path, *, split=None, rescore="none", device="cpu", data=None,
+                       dsl_memory_mib=DSL_MEMORY_MIB) -> dict:
     """Zero-shot CLIP (meanP over the frozen frame embeddings): nothing trained."""
     data = data if data is not None else read_cache(cache_path)
-    return _evaluate(MeanP(data.dim), data, cache_path, split, rescore, device)
+    return _evaluate(MeanP(data.dim), data, cache_path, split, rescore, device, dsl_memory_mib)
 
 
-def evaluate_run(run_dir, *, cache_path=None, split=None, rescore="none", device="cpu", data=None) -> dict:
+def evaluate_run(run_dir, *, cache_path=None, split=None, rescore="none", device="cpu", data=None,
+                 dsl_memory_mib=DSL_MEMORY_MIB) -> dict:
     """A trained head from ``run_dir`` (its best checkpoint) on its cache, or on ``cache_path``."""
     head, cfg, info = load_run(Path(run_dir))
     cache_path = cache_path or info.get("cache_path")
     if not cache_path:
         raise ValueError(f"{run_dir}: the run does not say which cache it was trained on; pass --cache")
     data = data if data is not None else read_cache(cache_path)
-    report = _evaluate(head, data, cache_path, split, rescore, device)
+    report = _evaluate(head, data, cache_path, split, rescore, device, dsl_memory_mib)
     report["run"] = str(run_dir)
     return report

@@ -1,11 +1,14 @@
 """Chunked evaluation (tiles, never the whole matrix) ranks exactly as the whole-matrix computation does."""
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from test_evaluate import make_cache
-from vtr.eval.evaluate import chunked_ranks, encode_all, evaluate, score_matrix
+import vtr.eval.evaluate as evaluate_module
+from vtr.eval.evaluate import DSL_MEMORY_MIB, chunked_ranks, encode_all, evaluate, score_matrix
 from vtr.eval.metrics import plan_blocks, retrieval_metrics, t2v_ranks, v2t_ranks
 from vtr.eval.rescore import dsl_t2v, dsl_v2t, qbnorm_t2v, qbnorm_v2t
 from vtr.train.heads import MeanP
@@ -13,6 +16,8 @@ from vtr.train.heads import MeanP
 D = 8
 MODES = ["none", "dsl", "qbnorm"]
 CHUNKS = [1, 4, 7, 1000]  # 4 and 7 divide neither the 23 videos nor the 50 captions; 1000 is one tile
+# DSL keeps pass 1's tiles for pass 2 within a memory budget: none kept, one or two tiles kept, all kept.
+DSL_BUDGETS = [0, 1e-4, DSL_MEMORY_MIB]
 
 
 def reference_ranks(head, t, gate, v, text_video, rescore, bank):
@@ -71,9 +76,11 @@ def assert_every_chunking_matches(head, t, gate, v, text_video, rescore, bank):
     """Chunked ranks equal the whole-matrix ranks at every tile size in CHUNKS; returns the reference ranks."""
     want_t2v, want_v2t = reference_ranks(head, t, gate, v, text_video, rescore, bank)
     for chunk in CHUNKS:
-        got_t2v, got_v2t = chunked_ranks(head, t, gate, v, text_video, rescore=rescore, bank=bank, chunk=chunk)
-        assert np.array_equal(got_t2v, want_t2v), (rescore, chunk)
-        assert np.array_equal(got_v2t, want_v2t), (rescore, chunk)
+        for budget in DSL_BUDGETS if rescore == "dsl" else [DSL_MEMORY_MIB]:
+            got_t2v, got_v2t = chunked_ranks(head, t, gate, v, text_video, rescore=rescore, bank=bank, chunk=chunk,
+                                             dsl_memory_mib=budget)
+            assert np.array_equal(got_t2v, want_t2v), (rescore, chunk, budget)
+            assert np.array_equal(got_v2t, want_v2t), (rescore, chunk, budget)
     return want_t2v, want_v2t
 
 
@@ -120,6 +127,76 @@ def test_several_experts_and_a_head_with_its_own_similarity(rescore):
         want = reference_ranks(head, t, gate, v, text_video, rescore, bank)
         got = chunked_ranks(head, t, gate, v, text_video, rescore=rescore, bank=bank, chunk=7)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_dsl_far_apart_scores_take_the_direct_form(monkeypatch):
+    """Chunked DSL derives both directions from one exp(s - c) per tile and computes directly where that could
+    underflow: videos (T2V) or captions (V2T) far below the tile's maximum, and captions (T2V) or videos (V2T)
+    whose own DSL score is tiny. Scores from 20 to 100 logits exercise each case; ranks stay the whole matrix's."""
+    rng = np.random.default_rng(0)
+    n_videos = 12
+    logits = [rng.uniform(20, 40, n_videos) for _ in range(11)]  # captions 0-10: strong for videos 0-10 ...
+    for j, row in enumerate(logits):
+        row[j] = 100.0
+    text_video = list(range(11))
+    weak = rng.uniform(25, 45, n_videos)  # ... a weak caption of video 0: its own DSL weight about e^-65
+    weak[0] = 35.0
+    lone = rng.uniform(20, 40, n_videos)  # video 11's one caption: 50, so its column's lse is 50 below 100
+    lone[11] = 50.0
+    twin = rng.uniform(20, 40, n_videos)  # a caption of video 10 that is video 3's: video 10's V2T DSL is tiny
+    twin[3], twin[10] = 100.0, 35.0
+    logits += [weak, lone, twin]
+    text_video += [0, 11, 10]
+    # One-hot videos: the scores are exactly 100 * t (MeanP's logit scale is CLIP's 100).
+    t = torch.tensor(np.array(logits) / 100.0, dtype=torch.float32)[:, None, :]
+    v = torch.eye(n_videos)[:, None, :]
+    seen = {"far": 0, "direct": 0}
+    begin = evaluate_module._Dsl.begin
+
+    def spy(self, *args):
+        begin(self, *args)
+        seen["far"] += len(self.far_cols) + len(self.far_rows)
+        seen["direct"] += int(self.direct_t.sum() + self.direct_v.sum())
+
+    monkeypatch.setattr(evaluate_module._Dsl, "begin", spy)
+    assert_every_chunking_matches(MeanP(n_videos), t, torch.ones(len(t), 1), v, np.array(text_video), "dsl", None)
+    assert seen["far"] > 0 and seen["direct"] > 0
+
+
+def test_dsl_tile_values_match_the_direct_form_wherever_they_matter():
+    """Pass 2's values, one tile: equal to ``s * exp(s - lse)`` (``dsl_direct``) to float rounding, except below
+    ``max|s| * e^-57`` where only the side of any threshold matters. A video whose scores all lie 90 below the
+    tile's maximum, and a caption likewise, would underflow in the shared-shift product."""
+    from vtr.eval.rescore import dsl_direct
+
+    torch.manual_seed(0)
+    s = torch.rand(9, 7) * 20 + 80  # logits 80..100
+    s[:, 4] -= 85.0  # a video far below the maximum: its column is computed directly
+    s[6] -= 85.0  # a caption likewise (V2T)
+    text_video = np.arange(9) % 7
+    blocks = plan_blocks(text_video, 7, chunk=1000)  # one tile, the diagonal one
+
+    def score(rows, cols):
+        return s[blocks.order][rows, cols]
+
+    score.alpha = 1.0
+    pass1 = evaluate_module._dsl_pass1(score, blocks, 9, 7)
+    sorted_s = s[blocks.order]
+    assert torch.allclose(pass1.lse_v, torch.logsumexp(sorted_s, 0)) and torch.allclose(pass1.lse_t, torch.logsumexp(sorted_s, 1))
+    dsl = evaluate_module._Dsl(pass1, 9, 7)
+    rows, cols = blocks.texts(0), blocks.videos(0)
+    own = torch.as_tensor(blocks.text_video[rows])
+    dsl.begin(sorted_s, 0, 0, rows, cols, own, evaluate_module._Buffers("cpu"))
+    zone = 100.0 * math.exp(-57.0)
+    far_row = int(np.flatnonzero(blocks.order == 6)[0])
+    for got, want, far in ((dsl.t2v(sorted_s, rows, cols, None).clone(), dsl_direct(sorted_s, pass1.lse_v),
+                            (slice(None), 4)),
+                           (dsl.v2t(sorted_s, rows, cols, None).clone(), dsl_direct(sorted_s, pass1.lse_t[:, None]),
+                            (far_row, slice(None)))):
+        matters = want.abs() >= zone
+        assert matters[far].sum() >= 6 and matters.sum() > 40  # the far video (T2V), caption (V2T) matter
+        assert torch.allclose(got[matters], want[matters], rtol=1e-5, atol=0)
+        assert (got[~matters].abs() < zone).all()
 
 
 def test_plan_blocks_keeps_each_videos_captions_in_its_block():

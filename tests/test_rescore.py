@@ -111,17 +111,25 @@ def test_tile_logsumexps_one_exp_and_far_below_rows_and_columns():
     assert torch.allclose(per_col, torch.logsumexp(s, 0), rtol=1e-6, atol=1e-5)
     assert torch.allclose(per_row, torch.logsumexp(s, 1), rtol=1e-6, atol=1e-5)
     assert torch.isfinite(per_row[3]) and torch.isfinite(per_col[7])
+    per_col, per_row = tile_logsumexps(s / 4, alpha=4.0)  # scores that alpha turns into the logits
+    assert torch.allclose(per_col, torch.logsumexp(s, 0), rtol=1e-6, atol=1e-5)
+    assert torch.allclose(per_row, torch.logsumexp(s, 1), rtol=1e-6, atol=1e-5)
 
 
-def test_dsl_tile_is_a_tile_of_dsl():
-    from vtr.eval.rescore import dsl_tile
+def test_dsl_direct_ranks_as_a_tile_of_dsl():
+    """``dsl_direct`` is DSL over the constants alpha * n: the same values up to them, so the same order."""
+    from vtr.eval.rescore import dsl_direct
 
     torch.manual_seed(0)
-    s = torch.randn(7, 5) * 3
+    raw = torch.randn(7, 5) * 0.03  # dot products; the logits are 100 * raw
+    s = raw * 100
     whole_t2v, whole_v2t = dsl_t2v(s), dsl_v2t(s)
-    tile = s[2:6, 1:4]
-    assert torch.allclose(dsl_tile(tile, torch.logsumexp(s, 0)[1:4], 7), whole_t2v[2:6, 1:4], rtol=1e-5)
-    assert torch.allclose(dsl_tile(tile, torch.logsumexp(s, 1)[2:6, None], 5), whole_v2t[2:6, 1:4], rtol=1e-5)
+    tile = raw[2:6, 1:4]
+    t2v = dsl_direct(tile, torch.logsumexp(s, 0)[1:4], alpha=100.0) * 100 * 7
+    v2t = dsl_direct(tile, torch.logsumexp(s, 1)[2:6, None], alpha=100.0) * 100 * 5
+    assert torch.allclose(t2v, whole_t2v[2:6, 1:4], rtol=1e-5)
+    assert torch.allclose(v2t, whole_v2t[2:6, 1:4], rtol=1e-5)
+
 
 
 def test_query_bank_stats_from_column_tiles_equal_whole_rows():
