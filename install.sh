@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Everything vtr needs on a fresh Debian/Ubuntu machine: ffmpeg (with ffprobe) and the Python package.
+# Everything vtr needs on a fresh Debian/Ubuntu machine: ffmpeg and the Python package.
 # Safe to rerun: installed pieces are skipped. Usage: bash install.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
-  echo "installing ffmpeg (Debian package, with ffprobe)..."
+if ! command -v ffmpeg >/dev/null; then
+  echo "installing ffmpeg (Debian package)..."
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null

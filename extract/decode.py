@@ -2,13 +2,16 @@
 
 One ffmpeg process per video does all the pixel work: take one frame per second (``fps``), convert to
 RGB, resize so the short side is ``resolution`` (bicubic), centre-crop a square, and write raw rgb24
-frames to a pipe. Python only reads the frames and keeps ``max_frames`` of them, chosen uniformly.
-Everything here is a pure function of (path, settings), so it can run in worker processes.
+frames to a pipe. Python only reads the frames and keeps ``max_frames`` of them, chosen uniformly. The
+duration that says which frames to keep comes from the same ffmpeg's log, so no ffprobe runs (it cost
+about a tenth of decoding's CPU on 10-30 s clips). Everything here is a pure function of (path,
+settings), so it can run in worker processes.
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,38 +24,16 @@ import numpy as np
 
 
 class DecodeError(RuntimeError):
-    """A video could not be probed or decoded; the message names the file and the problem."""
-
-
-def _find_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(
-            f"{name} not found on PATH; vtr needs ffmpeg and ffprobe to read videos "
-            f"(install them with `apt-get install ffmpeg`, `brew install ffmpeg` or `conda install ffmpeg`)"
-        )
-    return path
+    """A video could not be read or decoded; the message names the file and the problem."""
 
 
 def ffmpeg_binary() -> str:
     """The path of the ffmpeg executable (RuntimeError with install advice if it is missing)."""
-    return _find_binary("ffmpeg")
-
-
-def ffprobe_binary() -> str:
-    """The path of the ffprobe executable (RuntimeError with install advice if it is missing)."""
-    return _find_binary("ffprobe")
-
-
-@dataclass
-class VideoInfo:
-    """What ffprobe says about a file's first video stream. ``duration`` is NaN when the file has none."""
-
-    duration: float  # seconds
-    width: int  # coded pixels, before sample aspect ratio or rotation
-    height: int
-    fps: float
-    codec: str
+    path = shutil.which("ffmpeg")
+    if path is None:
+        raise RuntimeError("ffmpeg not found on PATH; vtr needs it to read videos (install it with "
+                           "`apt-get install ffmpeg`, `brew install ffmpeg` or `conda install ffmpeg`)")
+    return path
 
 
 @dataclass
@@ -60,14 +41,39 @@ class Frames:
     """The sampled frames of one video."""
 
     frames: np.ndarray  # [T, R, R, 3] uint8, RGB, T <= max_frames, in time order
-    duration: float  # seconds, from ffprobe
+    duration: float  # seconds, the container's duration as ffmpeg reads it (NaN when it has none)
     n_sampled: int  # frames at `fps` before the uniform choice of max_frames
     passes: int = 1  # ffmpeg runs it took: 2 when the frame count was not the one the duration predicted
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+# A line of a log written with -loglevel level+info: "[h264 @ 0x55e5] [error] message" or "[error] message".
+_TAGS = re.compile(r"^(?:\[[^\]]*\] )*")
+_ERROR = re.compile(r"^(?:\[[^\]]* @ [^\]]*\] )?\[(?:error|fatal|panic)\] ")
+
+
+def _errors(log: str) -> list[str]:
+    """The error lines of an ffmpeg log, without their tags."""
+    return [_TAGS.sub("", line).strip() for line in log.splitlines() if _ERROR.match(line)]
+
+
+def _last_line(log: str) -> str:
+    """The last error in an ffmpeg log (else its last line), without tags: the message to show."""
+    lines = _errors(log) or [_TAGS.sub("", line).strip() for line in log.splitlines() if line.strip()]
     return lines[-1] if lines else "(no message)"
+
+
+# ffmpeg's input header ("Duration: 00:01:19.50, start: ...", or "Duration: N/A"), logged at info level
+# while it opens the file, before any frame is written.
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def header_duration(log: str) -> float:
+    """The input duration in seconds from an ffmpeg log, NaN if it is N/A or absent."""
+    m = _DURATION.search(log)
+    if not m:
+        return math.nan
+    seconds = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+    return seconds if seconds > 0 else math.nan
 
 
 def _check_exists(path: Path) -> None:
@@ -80,52 +86,6 @@ def _check_exists(path: Path) -> None:
 def _url(path: Path) -> str:
     # "file:" stops ffmpeg from reading a name like "a:b.mp4" as a protocol or "-x.mp4" as an option
     return "file:" + str(path.resolve())
-
-
-def _rate(text: str | None) -> float:
-    """Parse ffprobe's "num/den" frame rates; 0.0 when unknown (e.g. "0/0")."""
-    num, _, den = (text or "").partition("/")
-    try:
-        return float(num) / float(den or 1)
-    except (ValueError, ZeroDivisionError):
-        return 0.0
-
-
-def _float(value) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) and x > 0 else None
-
-
-def probe(path: str | Path) -> VideoInfo:
-    """Probe ``path`` with ffprobe and describe its first video stream (cover art pictures are skipped)."""
-    path = Path(path)
-    _check_exists(path)
-    try:
-        info = ffmpeg.probe(_url(path), cmd=ffprobe_binary())
-    except ffmpeg.Error as e:
-        message = _last_line(e.stderr.decode(errors="replace"))
-        raise DecodeError(f"{path}: ffprobe could not read it: {message}") from None
-    videos = [
-        s for s in info.get("streams", [])
-        if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
-    ]
-    if not videos:
-        raise DecodeError(f"{path}: no video stream")
-    s = videos[0]
-    fps = _rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate"))
-    duration = _float(s.get("duration")) or _float(info.get("format", {}).get("duration"))
-    if duration is None and _float(s.get("nb_frames")) and fps:
-        duration = float(s["nb_frames"]) / fps
-    return VideoInfo(
-        duration=duration if duration is not None else math.nan,
-        width=int(s.get("width", 0)),
-        height=int(s.get("height", 0)),
-        fps=fps,
-        codec=str(s.get("codec_name", "unknown")),
-    )
 
 
 def uniform_indices(n: int, max_frames: int) -> np.ndarray:
@@ -155,12 +115,16 @@ def _filter_graph(path: Path, resolution: int, fps: float, threads: int):
     video = video.filter("scale", w=w, h=h, flags="bicubic").filter("setsar", "1")
     video = video.filter("crop", r, r)  # x, y default to the centre
     out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None)
-    return out.global_args("-nostdin", "-loglevel", "error", "-filter_threads", str(max(threads, 1)))
+    # Info level for the input header's duration (see header_duration); "level" tags each line, so errors
+    # can be told apart; no banner, no progress lines.
+    return out.global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info",
+                           "-filter_threads", str(max(threads, 1)))
 
 
 # How far the real number of sampled frames may be from ceil(duration * fps) and still be handled in one
-# pass. ffprobe's duration predicts the count exactly on every file we tried; the slack covers rounding and
-# container quirks, and anything further off is decoded a second time (exact, just slower).
+# pass. The container's duration predicts the count exactly on every file we tried; the slack covers
+# rounding, audio a little longer than the video, and container quirks, and anything further off is decoded
+# a second time (exact, just slower).
 COUNT_SLACK = 2
 
 
@@ -181,17 +145,32 @@ class _FrameKeeper:
     """Reads rgb24 frames off a pipe and keeps only those whose index is in ``wanted`` (None: keep all).
 
     Kept frames are read straight into a preallocated array, the others into one scratch frame, so a
-    10-minute video holds a few dozen frames in memory instead of 600.
+    10-minute video holds a few dozen frames in memory instead of 600. With ``plan`` instead of ``wanted``,
+    ``wanted = plan(log)`` is decided once the first frame is in, from ffmpeg's log so far (see
+    ``read_all``); frame 0 is kept meanwhile, as every choice keeps it.
     """
 
-    def __init__(self, resolution: int, wanted: np.ndarray | None):
+    def __init__(self, resolution: int, wanted: np.ndarray | None = None, plan=None):
         self.shape = (resolution, resolution, 3)
         self.frame_bytes = resolution * resolution * 3
-        self.slot = None if wanted is None else {int(i): k for k, i in enumerate(wanted)}
-        self.kept = np.empty((0 if wanted is None else len(wanted), *self.shape), np.uint8)
+        self.plan = plan
         self.all: list[np.ndarray] = []
         self.scratch = np.empty(self.shape, np.uint8)
         self.count = 0
+        self._want(None if plan else wanted)
+
+    def _want(self, wanted: np.ndarray | None) -> None:
+        self.slot = None if wanted is None else {int(i): k for k, i in enumerate(wanted)}
+        self.kept = np.empty((0 if wanted is None else len(wanted), *self.shape), np.uint8)
+
+    def _plan_after_first_frame(self, log) -> None:
+        first = self.all.pop()
+        self._want(self.plan(log()))
+        self.plan = None
+        if self.slot is None:
+            self.all.append(first)
+        else:
+            self.kept[self.slot[0]] = first
 
     def _target(self) -> np.ndarray:
         if self.slot is None:
@@ -201,8 +180,11 @@ class _FrameKeeper:
         k = self.slot.get(self.count)
         return self.scratch if k is None else self.kept[k]
 
-    def read_all(self, stream) -> None:
-        """Read frames until the end of ``stream`` (a partial last frame, from a dying ffmpeg, is dropped)."""
+    def read_all(self, stream, log=lambda: "") -> None:
+        """Read frames until the end of ``stream`` (a partial last frame, from a dying ffmpeg, is dropped).
+
+        ``log()`` returns what ffmpeg has logged so far; ``plan`` gets it after the first frame, by when
+        ffmpeg has logged its input header."""
         while True:
             view = memoryview(self._target()).cast("B")
             got = 0
@@ -216,6 +198,8 @@ class _FrameKeeper:
                     self.all.pop()
                 return
             self.count += 1
+            if self.plan is not None:
+                self._plan_after_first_frame(log)
 
     def choose(self, max_frames: int) -> np.ndarray | None:
         """The CLIP4Clip choice over the ``count`` frames read, or None if a needed frame was not kept."""
@@ -227,8 +211,18 @@ class _FrameKeeper:
         return self.kept[[self.slot[int(i)] for i in keep]]
 
 
-def _run_ffmpeg(path: Path, args: list[str], keeper: _FrameKeeper, timeout: float | None, nice: int) -> None:
-    """Run ffmpeg, feeding its stdout to ``keeper``; DecodeError on a timeout or a failed exit."""
+def _log_so_far(file) -> str:
+    """What has been written to ``file`` so far. pread leaves the file offset, which ffmpeg shares, alone."""
+    chunks, offset = [], 0
+    while chunk := os.pread(file.fileno(), 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _run_ffmpeg(path: Path, args: list[str], keeper: _FrameKeeper, timeout: float | None, nice: int) -> str:
+    """Run ffmpeg, feeding its stdout to ``keeper``; returns its log. DecodeError on a timeout or a failed
+    exit, or when the file has no video stream."""
     # stderr goes to a temp file rather than a pipe: a chatty ffmpeg can then never block on a full pipe
     # while we are blocked reading stdout.
     with tempfile.TemporaryFile() as err:
@@ -248,7 +242,7 @@ def _run_ffmpeg(path: Path, args: list[str], keeper: _FrameKeeper, timeout: floa
         if watchdog:
             watchdog.start()
         try:
-            keeper.read_all(proc.stdout)
+            keeper.read_all(proc.stdout, lambda: _log_so_far(err))
             proc.stdout.close()
             code = proc.wait()
         finally:
@@ -261,10 +255,13 @@ def _run_ffmpeg(path: Path, args: list[str], keeper: _FrameKeeper, timeout: floa
         stderr = err.read().decode(errors="replace")
     if timed_out.is_set():
         raise DecodeError(f"{path}: ffmpeg did not finish within {timeout} s")
+    if any("matches no streams" in e for e in _errors(stderr)):  # no first video stream (cover art aside)
+        raise DecodeError(f"{path}: no video stream")
     if code != 0:
         raise DecodeError(f"{path}: ffmpeg could not decode it (exit {code}): {_last_line(stderr)}")
     if keeper.count == 0:
-        raise DecodeError(f"{path}: ffmpeg decoded no frames" + (f": {_last_line(stderr)}" if stderr.strip() else ""))
+        raise DecodeError(f"{path}: ffmpeg decoded no frames" + (f": {_last_line(stderr)}" if _errors(stderr) else ""))
+    return stderr
 
 
 def sample_frames(
@@ -280,8 +277,8 @@ def sample_frames(
     ffmpeg's scheduling priority by that much (0: unchanged).
     No padding is done here.
 
-    Only the frames the choice can need are kept while reading: the count is predicted from ffprobe's
-    duration (ceil(duration * fps)), and every frame the choice could pick for a count within
+    Only the frames the choice can need are kept while reading: the count is predicted from the duration in
+    ffmpeg's input header (ceil(duration * fps)), and every frame the choice could pick for a count within
     ``COUNT_SLACK`` of it is kept. If the real count is further off, the video is decoded again keeping
     exactly the frames that count needs, so the frames returned never depend on the prediction.
     Raises DecodeError naming the file when it is missing, has no video, or ffmpeg fails or yields nothing.
@@ -290,18 +287,22 @@ def sample_frames(
     if resolution < 1 or fps <= 0 or max_frames < 1:
         raise ValueError(f"sample_frames needs resolution >= 1, fps > 0, max_frames >= 1 "
                          f"(got {resolution}, {fps}, {max_frames})")
-    info = probe(path)  # also checks the file exists and has a video stream
+    _check_exists(path)
     args = _filter_graph(path, resolution, fps, threads).compile(cmd=ffmpeg_binary())
-    expected = expected_count(info.duration, fps)
-    keeper = _FrameKeeper(resolution, None if expected is None else candidate_indices(expected, max_frames))
-    _run_ffmpeg(path, args, keeper, timeout, nice)
+
+    def plan(log: str) -> np.ndarray | None:
+        expected = expected_count(header_duration(log), fps)
+        return None if expected is None else candidate_indices(expected, max_frames)
+
+    keeper = _FrameKeeper(resolution, plan=plan)
+    duration = header_duration(_run_ffmpeg(path, args, keeper, timeout, nice))
     chosen = keeper.choose(max_frames)
     if chosen is not None:
-        return Frames(frames=chosen, duration=info.duration, n_sampled=keeper.count)
+        return Frames(frames=chosen, duration=duration, n_sampled=keeper.count)
     # The duration misled us: decode again, now keeping exactly the frames the real count needs.
     count = keeper.count
     keeper = _FrameKeeper(resolution, uniform_indices(count, max_frames))
     _run_ffmpeg(path, args, keeper, timeout, nice)
     if keeper.count != count:
         raise DecodeError(f"{path}: ffmpeg gave {count} frames, then {keeper.count} on a second decode")
-    return Frames(frames=keeper.choose(max_frames), duration=info.duration, n_sampled=count, passes=2)
+    return Frames(frames=keeper.choose(max_frames), duration=duration, n_sampled=count, passes=2)

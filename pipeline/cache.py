@@ -10,7 +10,7 @@ A cache is one file, ``<name>.h5``, made by ``vtr extract`` for one dataset and 
     /videos/status         [N] int8     1 done, 2 failed (see /videos/reason)
     /videos/reason         [N] str      why a video failed ("" when done)
     /videos/path, split    [N] str
-    /videos/duration       [N] float32  seconds (ffprobe)
+    /videos/duration       [N] float32  seconds (the container's, from ffmpeg's header; NaN if none)
     /texts/ids             [M] str      caption ids (the cache key)
     /texts/caption, split  [M] str
     /texts/video_id        [M] str      and /texts/video_index [M] int64, its row in /videos
