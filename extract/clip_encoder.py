@@ -175,8 +175,13 @@ class ClipEncoder:
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """CLIP's image tower at this encoder's precision: normalised [B, 3, R, R] (on the device, in
         `dtype`) -> float32 embeddings [B, D] on the device."""
+        # On the CPU, batches run in slices of CPU_IMAGE_SLICE: the activations of 256 frames (80 MB for one
+        # ViT-B/32 MLP) overflow the caches, and 64 at a time was 4-10% faster per frame on 2 cores.
+        step = CPU_IMAGE_SLICE if self.device.type == "cpu" else len(x)
         with self._autocast():
-            return self.model.encode_image(x).float()
+            if len(x) <= step:
+                return self.model.encode_image(x).float()
+            return torch.cat([self.model.encode_image(x[i : i + step]).float() for i in range(0, len(x), step)])
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
@@ -236,7 +241,40 @@ def _state_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+# Frames per image-tower call on the CPU (see ClipEncoder.encode_image).
+CPU_IMAGE_SLICE = 64
+# CLIP's QuickGELU is x * sigmoid(1.702 x) = silu(1.702 x) / 1.702.
+QUICK_GELU = 1.702
+
+
+@torch.no_grad()
+def fuse_quick_gelu(transformer: torch.nn.Module) -> int:
+    """Rewrite each MLP ``c_proj(QuickGELU(c_fc(x)))`` of ``transformer`` as ``c_proj'(silu(c_fc'(x)))``, with
+    1.702 folded into c_fc and 1 / 1.702 into c_proj: the same function, up to rounding, with one SiLU kernel
+    where QuickGELU runs three elementwise ops over the widest activation. Returns the MLPs rewritten.
+
+    On the image tower of random:ViT-B/32 in bf16 (2 cores, batch 64), 30.6 -> 26.3 ms per image, minimum
+    cosine 0.99994 to the unfused output (bf16's own rounding), in a one-off timing; bench/extract.py
+    measures whole extractions.
+    """
+    clip = _import_clip()
+    n = 0
+    for block in getattr(transformer, "resblocks", []):
+        mlp = getattr(block, "mlp", None)
+        if mlp is None or not isinstance(getattr(mlp, "gelu", None), clip.model.QuickGELU):
+            continue
+        mlp.c_fc.weight.mul_(QUICK_GELU)
+        mlp.c_fc.bias.mul_(QUICK_GELU)
+        mlp.c_proj.weight.div_(QUICK_GELU)
+        mlp.gelu = torch.nn.SiLU()
+        n += 1
+    return n
+
+
 def _finish(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """The model on ``device`` for inference in ``precision``. The image tower's MLPs are fused
+    (`fuse_quick_gelu`); the text tower is left as it is, so captions stay exactly CLIP's."""
+    fuse_quick_gelu(getattr(model.visual, "transformer", None))
     model = model.to(device).eval()
     model = model.half() if precision == "fp16" else model.float()  # bf16 keeps fp32 weights (autocast)
     for p in model.parameters():
@@ -287,7 +325,8 @@ def load_clip(spec: str, device: str = "auto", download_root: str | Path | None 
     if spec.startswith("random:"):
         arch, _, seed = spec[len("random:"):].partition(":")
         model = build_random(arch, int(seed or 0))
-        return ClipEncoder(_finish(model, dev, prec), spec, _state_sha256(model), True, dev, prec)
+        digest = _state_sha256(model)  # of CLIP's own weights, before _finish fuses some
+        return ClipEncoder(_finish(model, dev, prec), spec, digest, True, dev, prec)
 
     if spec in clip.available_models():
         url = clip.clip._MODELS[spec]

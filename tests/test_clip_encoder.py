@@ -85,6 +85,21 @@ def test_local_checkpoints_load(tmp_path):
         load_clip(str(bad))
 
 
+def test_image_mlps_fused_equal_clips_own_and_text_untouched(tiny_clip):
+    """QuickGELU x * sigmoid(1.702 x) becomes SiLU with 1.702 folded into the weights on the image tower
+    only: images equal stock CLIP's up to float rounding, captions bit for bit."""
+    stock = build_random("tiny").eval()
+    visual, text = tiny_clip.model.visual.transformer.resblocks, tiny_clip.model.transformer.resblocks
+    assert all(isinstance(b.mlp.gelu, torch.nn.SiLU) for b in visual)
+    assert all(isinstance(b.mlp.gelu, clip.model.QuickGELU) for b in text)
+    x = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    tokens = tiny_clip.tokenize(CAPTIONS)
+    with torch.no_grad():
+        ours, want = tiny_clip.model.encode_image(x), stock.encode_image(x)
+        assert torch.allclose(ours, want, rtol=1e-4, atol=1e-5)
+        assert torch.equal(tiny_clip.model.encode_text(tokens), stock.encode_text(tokens))
+
+
 # ----------------------------------------------------------------------------- precision
 
 
