@@ -7,7 +7,8 @@ All figures are frames encoded by CLIP per second of wall time, with the same ra
 ViT-B/32-shaped CLIP (``random:ViT-B/32``), the same batch size and the same frames per clip. vtr's
 figures use its default precision (``--precision auto``: bf16 on a CPU with bfloat16 instructions, fp16
 on a GPU, else fp32; ``--precision`` here changes it); b is also measured in fp32; the naive c runs stock
-CLIP as ``clip.load`` gives it (fp32 on the CPU, fp16 on a GPU), what users of the naive way run today:
+CLIP as ``clip.load`` gives it (fp32 on the CPU, fp16 on a GPU; OpenAI's code unchanged, where vtr's image
+tower runs its MLPs fused, ``fuse_quick_gelu``), what users of the naive way run today:
 - a, the limit: ``encode_image`` alone on frames already decoded and normalised, at b's precision;
 - d, decode only: vtr's ffmpeg decode (same workers, same window), no CLIP;
 - bound: on a GPU, min(a, d) (decoding runs on the CPU beside it, so the slower of the two sets the
@@ -17,6 +18,8 @@ CLIP as ``clip.load`` gives it (fp32 on the CPU, fp16 on a GPU), what users of t
 - c, naive: what CLIP4Clip's raw video extractor does, with PyAV: decode every frame in Python, take one
   frame a second, PIL bicubic resize + centre crop + ToTensor + Normalize per frame (CLIP's own
   transform), then the uniform choice of max_frames and CLIP in batches of the same size.
+a, d and b run as ``vtr extract`` runs, with idle OpenMP threads sleeping (``vtr.omp``); c runs in a process
+of its own with the environment the script was started with, as a user's script would.
 Targets: b >= 0.85 x bound, b >= 2 x c. The videos are made by this script with ffmpeg (testsrc2 with
 temporal noise, H.264): ``--n-clips`` clips of 10-30 s at 640x360 plus ``--n-hd`` at 1280x720, 30 fps.
 They are kept in ``--workdir`` (default: a temporary folder) and reused by later runs.
@@ -24,6 +27,8 @@ They are kept in ``--workdir`` (default: a temporary folder) and reused by later
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import subprocess
 import sys
@@ -31,21 +36,28 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from vtr.omp import let_idle_threads_sleep
 
-from vtr.extract.clip_encoder import CLIP_MEAN, CLIP_STD, load_clip
-from vtr.extract.decode import uniform_indices
-from vtr.extract_stage import DecodeOptions, decode_window, decoded_in_order, run_extract, usable_cores
-from vtr.records import Dataset, VideoItem
+USER_ENV = dict(os.environ)  # for c, before vtr extract's OpenMP setting below
+if "--naive-only" not in sys.argv:
+    let_idle_threads_sleep()  # as `vtr extract` does, before torch is imported
 
-from machine_load import LoadWatch, save  # bench/machine_load.py, beside this script
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from vtr.device import resolve_device  # noqa: E402
+from vtr.extract.clip_encoder import CLIP_MEAN, CLIP_STD, build_random, load_clip  # noqa: E402
+from vtr.extract.decode import uniform_indices  # noqa: E402
+from vtr.extract_stage import DecodeOptions, decode_window, decoded_in_order, run_extract, usable_cores  # noqa: E402
+from vtr.records import Dataset, VideoItem  # noqa: E402
+
+from machine_load import LoadWatch, save  # noqa: E402  (bench/machine_load.py, beside this script)
 
 TARGET_VS_BOUND, TARGET_VS_NAIVE = 0.85, 2.0
 
 
 def cpu_seconds() -> float:
-    """CPU time used so far by this process and its finished children (ffmpeg, ffprobe).
+    """CPU time used so far by this process and its finished children (the ffmpeg processes).
 
     Other work on the machine stretches wall times but barely changes CPU time, so CPU seconds per frame
     say how much work each approach does even when the cores are shared.
@@ -146,13 +158,22 @@ def naive_frames(path: Path, preprocess, fps: float = 1.0) -> torch.Tensor:
     return torch.stack(out)
 
 
+def stock_clip(device: torch.device) -> torch.nn.Module:
+    """The naive way's CLIP: OpenAI's code as ``clip.load`` gives it (fp16 weights on a GPU, fp32 on the
+    CPU), with the weights of ``random:ViT-B/32``; none of vtr's changes (no fused MLPs, no autocast)."""
+    model = build_random("ViT-B/32").to(device).eval()
+    return model.half() if device.type == "cuda" else model.float()
+
+
 @torch.no_grad()
-def naive(paths, encoder, batch: int, max_frames: int) -> tuple[float, int]:
+def naive(paths, model, batch: int, max_frames: int) -> tuple[float, int]:
     """c: decode and preprocess per frame in this process, then CLIP in batches of ``batch``: the plain
-    ``model.encode_image`` of ``encoder`` (stock CLIP: no autocast), in its weights' dtype."""
+    ``model.encode_image`` of stock CLIP (`stock_clip`), in its weights' dtype."""
     import clip as openai_clip
 
-    preprocess = openai_clip.clip._transform(encoder.resolution)  # Resize(bicubic), CenterCrop, ToTensor, Normalize
+    device, dtype = model.visual.conv1.weight.device, model.visual.conv1.weight.dtype
+    # Resize(bicubic), CenterCrop, ToTensor, Normalize
+    preprocess = openai_clip.clip._transform(model.visual.input_resolution)
     pending, n = [], 0
     t = time.perf_counter()
     for path in paths:
@@ -160,14 +181,38 @@ def naive(paths, encoder, batch: int, max_frames: int) -> tuple[float, int]:
         pending.append(frames[uniform_indices(len(frames), max_frames)])  # CLIP4Clip picks after preprocessing
         if sum(len(p) for p in pending) >= batch:
             x = torch.cat(pending)
-            encoder.model.encode_image(x.to(encoder.device, encoder.dtype)).float().cpu()
+            model.encode_image(x.to(device, dtype)).float().cpu()
             n += len(x)
             pending = []
     if pending:
         x = torch.cat(pending)
-        encoder.model.encode_image(x.to(encoder.device, encoder.dtype)).float().cpu()
+        model.encode_image(x.to(device, dtype)).float().cpu()
         n += len(x)
     return n / (time.perf_counter() - t), n
+
+
+def naive_in_own_process(paths, args) -> tuple[float, int, float]:
+    """c in a fresh process with the user's environment: (frames/s, frames, CPU seconds per frame)."""
+    cmd = [sys.executable, __file__, "--naive-only", "--batch", str(args.batch), "--max-frames", str(args.max_frames),
+           "--device", args.device, *[str(p) for p in paths]]
+    if args.torch_threads:
+        cmd += ["--torch-threads", str(args.torch_threads)]
+    out = subprocess.run(cmd, env=USER_ENV, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the naive measurement failed:\n{out.stderr}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return r["fps"], r["frames"], r["cpu_per_frame"]
+
+
+def naive_only(args) -> int:
+    """The body of ``--naive-only``: c on the videos given, one JSON line on stdout."""
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    model = stock_clip(resolve_device(args.device))
+    c0 = cpu_seconds()
+    c, n = naive([Path(p) for p in args.videos], model, args.batch, args.max_frames)
+    print(json.dumps({"fps": c, "frames": n, "cpu_per_frame": (cpu_seconds() - c0) / n}))
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -189,7 +234,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, help="keep the videos here (default: a temporary folder)")
     ap.add_argument("--skip-naive", action="store_true", help="do not measure c (it is the slowest part)")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)  # c alone, on the videos given
+    ap.add_argument("videos", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.naive_only:
+        return naive_only(args)
     if args.quick:
         args.n_clips, args.n_hd, args.batch = min(args.n_clips, 6), min(args.n_hd, 1), min(args.batch, 32)
 
@@ -206,13 +255,12 @@ def main(argv=None) -> int:
 
     encoder = load_clip("random:ViT-B/32", device=args.device, precision=args.precision)
     fp32 = load_clip("random:ViT-B/32", device=args.device, precision="fp32")
-    # the naive way's CLIP is what clip.load gives: fp16 weights on a GPU, fp32 on the CPU; never autocast
-    stock = load_clip("random:ViT-B/32", device=args.device, precision="fp16") if fp32.device.type == "cuda" else fp32
+    stock_precision = "fp16" if fp32.device.type == "cuda" else "fp32"  # what stock_clip gives
     workers = args.workers or usable_cores()
     nice = args.nice
     print(f"{encoder.describe()}; torch threads {torch.get_num_threads()}; {workers} decode workers "
           f"(ffmpeg -threads 1, nice {nice}); batch {args.batch}; {args.max_frames} frames per clip")
-    prec, prec_c = encoder.precision, f"stock CLIP, {stock.precision}"
+    prec, prec_c = encoder.precision, f"stock CLIP, {stock_precision}"
 
     opt = DecodeOptions(encoder.resolution, 1.0, args.max_frames, threads=1, nice=0)
     cpu = {}
@@ -245,9 +293,7 @@ def main(argv=None) -> int:
         cpu["b_fp32"] = (cpu_seconds() - c0) / stats32.frames_encoded
         out.unlink(missing_ok=True)
     print(f"b  vtr extract, fp32      {b32:8.1f} frames/s  (fp32)")
-    c0 = cpu_seconds()
-    c, n_naive = (float("nan"), 0) if args.skip_naive else naive(paths, stock, args.batch, args.max_frames)
-    cpu["c"] = (cpu_seconds() - c0) / n_naive if n_naive else float("nan")
+    c, n_naive, cpu["c"] = (float("nan"), 0, float("nan")) if args.skip_naive else naive_in_own_process(paths, args)
     if not args.skip_naive:
         print(f"c  naive (PyAV + PIL)     {c:8.1f} frames/s  ({prec_c}; {n_naive} frames)")
 
@@ -256,7 +302,7 @@ def main(argv=None) -> int:
     res = {
         "limit_fps": round(a, 2), "decode_fps": round(d, 2), "bound_fps": round(bound, 2), "vtr_fps": round(b, 2),
         "naive_fps": round(c, 2) if c == c else None, "vtr_fp32_fps": round(b32, 2),
-        "precision": prec, "naive_precision": stock.precision,
+        "precision": prec, "naive_precision": stock_precision,
         "vtr_vs_bound": round(b / bound, 3), "vtr_vs_naive": round(b / c, 3) if c == c else None,
         "vtr_fp32_vs_naive": round(b32 / c, 3) if c == c else None,
         "naive_vs_limit": round(c / a, 3) if c == c else None,

@@ -112,6 +112,9 @@ def extract(dataset_name, root, annotations, videos, split_variant, use_lists, d
     vtr combine cache/msvd.h5                           # all 16 shards -> cache/msvd.h5, no copy
     vtr extract --dataset msvd --root R --ray --shards 16   # both, on Ray
     """
+    from vtr.omp import let_idle_threads_sleep
+
+    let_idle_threads_sleep()  # before torch is imported: decoders and CLIP's threads share the cores
     from vtr.cache import CacheError
     from vtr.extract.clip_encoder import ClipWeightsMissing, load_clip
     from vtr.extract.datasets import load_dataset
