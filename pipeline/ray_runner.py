@@ -14,12 +14,14 @@ Ray is optional (``pip install 'vtr[ray]'``): it is imported only here, only whe
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Callable
 
 from tqdm import tqdm
 
 from vtr.cache import CacheError
+from vtr.omp import VARIABLE as OMP_VARIABLE
 from vtr.shards import CombineReport, ShardError, ShardJob, combine_shards, shard_path
 
 # Failures a retry cannot fix: report them at once instead of retrying.
@@ -82,8 +84,11 @@ def run_on_ray(job: ShardJob, n: int, *, address: str | None = None, cpus_per_sh
     started = _connect(ray, address, local_cpus)
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
+        # Each task's worker starts with extraction's OpenMP setting (vtr.omp), before it imports torch.
+        env = {OMP_VARIABLE: os.environ.get(OMP_VARIABLE, "PASSIVE")}
         task = ray.remote(_run_shard).options(
-            num_cpus=cpus_per_shard, num_gpus=1 if gpus else 0, max_retries=max_retries, retry_exceptions=True)
+            num_cpus=cpus_per_shard, num_gpus=1 if gpus else 0, max_retries=max_retries, retry_exceptions=True,
+            runtime_env={"env_vars": env})
         where = f"Ray at {address}" if address else "a local Ray"
         log(f"{n} shards as Ray tasks on {where} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs, "
             f"{gpus:.0f} GPUs; {cpus_per_shard} CPU{'s' if cpus_per_shard > 1 else ''}"
