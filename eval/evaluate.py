@@ -346,7 +346,9 @@ def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, pro
             x = variant.t2v(s, rows, cols, buffers("x", nr, nc))
             if own is not None:
                 thr_t[k, rows] = x[torch.arange(nr, device=device), own]
-            cnt_t[k, rows] += torch.ge(x, thr_t[k, rows, None], out=buffers("mask", nr, nc)).sum(1).long()
+            # the 0/1 hits overwrite a variant's own buffer (one tile less to stream), never the scores s
+            mask = buffers("mask", nr, nc) if x is s else x
+            cnt_t[k, rows] += torch.ge(x, thr_t[k, rows, None], out=mask).sum(1).long()
             y = variant.v2t(s, rows, cols, buffers("x", nr, nc))
             if own is not None:  # each video's best own caption
                 thr_v[k, cols] = torch.full((nc,), float("-inf"), device=device).scatter_reduce_(
@@ -354,7 +356,7 @@ def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, pro
             if blocks.max_group[r] > 1:  # group max over each video's captions first
                 y = buffers("groups", n_groups, nc).fill_(float("-inf")).scatter_reduce_(
                     0, groups[:, None].expand(nr, nc), y, "amax")
-            hits = torch.ge(y, thr_v[k, cols], out=buffers("mask", y.shape[0], nc))
+            hits = torch.ge(y, thr_v[k, cols], out=buffers("mask", y.shape[0], nc) if y is s else y)
             cnt_v[k, cols] += torch.mv(hits.T, ones[: hits.shape[0]]).long()  # column sums; mv is the fast one
     return cnt_t, cnt_v
 
