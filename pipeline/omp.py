@@ -3,8 +3,9 @@
 Extraction runs ffmpeg decoders beside CLIP's torch threads on the same cores. By default an idle OpenMP
 thread spins for a while before it sleeps, and while the decoders hold a core that spinning is CPU taken
 from them. With ``OMP_WAIT_POLICY=PASSIVE`` idle threads sleep at once: `vtr extract` used 7% less CPU per
-frame (bench/extract.py on 2 cores, 110.5 against 116.9-119.6 ms in two default runs). Training is the
-other way round, 16% slower per CAMoE epoch (bench/fit.py at 3,000 videos), so only extraction sets it.
+frame (bench/extract.py on 2 cores, 110.5 ms against 119.6 in a default run of the same code). Training
+is the other way round, 16% slower per CAMoE epoch (bench/fit.py at 3,000 videos), so only extraction
+sets it.
 
 The runtime reads the variable once, when torch is imported; this module imports nothing heavy.
 """

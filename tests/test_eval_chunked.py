@@ -182,7 +182,8 @@ def test_dsl_tile_values_match_the_direct_form_wherever_they_matter():
     score.alpha = 1.0
     pass1 = evaluate_module._dsl_pass1(score, blocks, 9, 7)
     sorted_s = s[blocks.order]
-    assert torch.allclose(pass1.lse_v, torch.logsumexp(sorted_s, 0)) and torch.allclose(pass1.lse_t, torch.logsumexp(sorted_s, 1))
+    assert torch.allclose(pass1.lse_v, torch.logsumexp(sorted_s, 0))
+    assert torch.allclose(pass1.lse_t, torch.logsumexp(sorted_s, 1))
     dsl = evaluate_module._Dsl(pass1, 9, 7)
     rows, cols = blocks.texts(0), blocks.videos(0)
     own = torch.as_tensor(blocks.text_video[rows])
