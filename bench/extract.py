@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vtr.omp import let_idle_threads_sleep
+from vtr.omp import let_idle_threads_sleep, usable_cores
 
 USER_ENV = dict(os.environ)  # for c, before vtr extract's OpenMP setting below
 if "--naive-only" not in sys.argv:
@@ -48,7 +48,7 @@ import torch  # noqa: E402
 from vtr.device import resolve_device  # noqa: E402
 from vtr.extract.clip_encoder import CLIP_MEAN, CLIP_STD, build_random, load_clip  # noqa: E402
 from vtr.extract.decode import uniform_indices  # noqa: E402
-from vtr.extract_stage import DecodeOptions, decode_window, decoded_in_order, run_extract, usable_cores  # noqa: E402
+from vtr.extract_stage import DecodeOptions, decode_window, decoded_in_order, run_extract  # noqa: E402
 from vtr.records import Dataset, VideoItem  # noqa: E402
 
 from machine_load import LoadWatch, save  # noqa: E402  (bench/machine_load.py, beside this script)

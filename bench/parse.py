@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from vtr.extract import parse as P
+from vtr.omp import usable_cores
 
 from machine_load import LoadWatch, save  # bench/machine_load.py, beside this script
 
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     P.parse_captions(sample, batch_size=args.batch_size, n_process=1)
     ours1_s = time.perf_counter() - t
 
-    workers = args.workers or P.default_processes()
+    workers = args.workers or usable_cores()
     t = time.perf_counter()
     parses = P.parse_captions(captions, batch_size=args.batch_size, n_process=workers, progress=True)
     all_s = time.perf_counter() - t

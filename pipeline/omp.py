@@ -1,4 +1,6 @@
-"""OpenMP's wait policy for extraction, chosen before torch loads its OpenMP runtime.
+"""How many cores this process may use, and OpenMP's wait policy for extraction.
+
+The wait policy is chosen before torch loads its OpenMP runtime.
 
 Extraction runs ffmpeg decoders beside CLIP's torch threads on the same cores. By default an idle OpenMP
 thread spins for a while before it sleeps, and while the decoders hold a core that spinning is CPU taken
@@ -15,6 +17,14 @@ import os
 import sys
 
 VARIABLE = "OMP_WAIT_POLICY"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells, else all of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def let_idle_threads_sleep() -> bool:

@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vtr.omp import usable_cores
+
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -186,7 +188,7 @@ def _worker(local_rank: int, nproc: int, port: int, fn, args) -> None:
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
                       LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of each process taking them all
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+        torch.set_num_threads(max(1, usable_cores() // nproc))
     fn(*args)
 
 
