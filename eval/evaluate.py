@@ -73,6 +73,19 @@ def score_matrix(head, t, gate, v, chunk: int = 4096) -> torch.Tensor:
                       for i in range(0, t.shape[0], chunk)])
 
 
+class _Buffers:
+    """Scratch tiles reused across tiles (allocating a fresh [chunk, chunk] tensor per op costs page faults)."""
+
+    def __init__(self, device):
+        self.device, self._store = device, {}
+
+    def __call__(self, name: str, rows: int, cols: int) -> torch.Tensor:
+        buf = self._store.get(name)
+        if buf is None or buf.numel() < rows * cols:
+            buf = self._store[name] = torch.empty(rows * cols, device=self.device)
+        return buf[: rows * cols].view(rows, cols)
+
+
 class TileScorer:
     """Scores of a block of captions against a block of videos (float32), as ``head.similarity`` gives them.
 
@@ -97,17 +110,13 @@ class TileScorer:
             one_expert = t.shape[1] == 1 and bool((gate == 1).all())
             self._t = t[:, 0] if one_expert else (t * gate.unsqueeze(-1)).flatten(1)  # no copy for one expert
             self._v = v.flatten(1)
-        self._buffer = None
+        self._buffers = _Buffers(t.device)
 
     def __call__(self, rows: slice, cols: slice, out: torch.Tensor | None = None) -> torch.Tensor:
         """The tile's scores, written into ``out`` when given, else into the reused buffer."""
         if self.matmul:
             a, b = self._t[rows], self._v[cols]
-            n = a.shape[0] * b.shape[0]
-            if out is None:
-                if self._buffer is None or self._buffer.numel() < n:
-                    self._buffer = torch.empty(n, device=a.device)
-                out = self._buffer[:n].view(a.shape[0], b.shape[0])
+            out = self._buffers("s", len(a), len(b)) if out is None else out
             torch.mm(a, b.T, out=out)
             if self.defer:
                 return out
@@ -122,14 +131,15 @@ class _KeptTiles:
     """A ``TileScorer`` that keeps the tiles it scores, up to ``budget`` bytes, and hands each out once more.
 
     DSL scores every tile twice, once per pass; kept tiles spare pass 2 the matrix product, the bulk of its
-    time. They live in one pool allocated and zeroed up front: on the 2-core machine of bench/eval.py, page
+    time. A tile not kept on its first scoring is never kept later: the pool only fills. The tiles live in
+    one pool allocated and zeroed up front: on the 2-core machine of bench/eval.py, page
     faults taken inside the matrix product made it up to 1.8 x slower, while zeroing first costs about a
     sixth of a product.
     """
 
     def __init__(self, score: TileScorer, budget: int, total: int):
-        self.score, self.alpha, self.keeping = score, score.alpha, True
-        self.pool = torch.zeros(min(budget, total) // 4, device=score.v.device) if min(budget, total) > 0 else None
+        self.score, self.alpha = score, score.alpha
+        self.pool = torch.zeros(min(budget, total) // 4, device=score.v.device)
         self.kept, self.used = {}, 0
 
     def __call__(self, rows: slice, cols: slice) -> torch.Tensor:
@@ -138,25 +148,12 @@ class _KeptTiles:
             return kept
         shape = (rows.stop - rows.start, cols.stop - cols.start)
         size = shape[0] * shape[1]
-        if not self.keeping or self.pool is None or self.used + size > len(self.pool):
+        if self.used + size > len(self.pool):
             return self.score(rows, cols)
         out = self.pool[self.used : self.used + size].view(shape)
         self.kept[rows.start, cols.start] = s = self.score(rows, cols, out=out)
         self.used += size
         return s
-
-
-class _Buffers:
-    """Scratch tiles reused across tiles (allocating a fresh [chunk, chunk] tensor per op costs page faults)."""
-
-    def __init__(self, device):
-        self.device, self._store = device, {}
-
-    def __call__(self, name: str, rows: int, cols: int) -> torch.Tensor:
-        buf = self._store.get(name)
-        if buf is None or buf.numel() < rows * cols:
-            buf = self._store[name] = torch.empty(rows * cols, device=self.device)
-        return buf[: rows * cols].view(rows, cols)
 
 
 def _check_tile(s: torch.Tensor) -> None:
@@ -237,7 +234,7 @@ class _Dsl(_Raw):
     def begin(self, s, r, c, rows, cols, own, buffers):
         shift = self.shifts[r, c]
         self.p = torch.add(-shift, s, alpha=self.alpha, out=buffers("p", *s.shape)).exp_().mul_(s)
-        lse_v, lse_t = self.lse_v[cols], self.lse_t[rows]
+        self.tile_lse_v, self.tile_lse_t = lse_v, lse_t = self.lse_v[cols], self.lse_t[rows]
         self.col_factor, self.row_factor = (shift - lse_v).exp_(), (shift - lse_t).exp_()[:, None]
         self.far_cols = (shift - lse_v > SHARED_SHIFT_RANGE).nonzero().squeeze(1)
         self.far_rows = (shift - lse_t > SHARED_SHIFT_RANGE).nonzero().squeeze(1)
@@ -253,20 +250,20 @@ class _Dsl(_Raw):
         x = torch.mul(self.p, self.col_factor, out=out)
         if len(self.far_cols):
             far = self.far_cols
-            x[:, far] = dsl_direct(s[:, far], self.lse_v[cols][far], self.alpha)
+            x[:, far] = dsl_direct(s[:, far], self.tile_lse_v[far], self.alpha)
         direct = self.direct_t[rows].nonzero().squeeze(1)
         if len(direct):
-            x[direct] = dsl_direct(s[direct], self.lse_v[cols], self.alpha)
+            x[direct] = dsl_direct(s[direct], self.tile_lse_v, self.alpha)
         return x
 
     def v2t(self, s, rows, cols, out):
         y = torch.mul(self.p, self.row_factor, out=out)
         if len(self.far_rows):
             far = self.far_rows
-            y[far] = dsl_direct(s[far], self.lse_t[rows][far, None], self.alpha)
+            y[far] = dsl_direct(s[far], self.tile_lse_t[far, None], self.alpha)
         direct = self.direct_v[cols].nonzero().squeeze(1)
         if len(direct):
-            y[:, direct] = dsl_direct(s[:, direct], self.lse_t[rows, None], self.alpha)
+            y[:, direct] = dsl_direct(s[:, direct], self.tile_lse_t[:, None], self.alpha)
         return y
 
 
@@ -436,7 +433,6 @@ def chunked_ranks(head, t, gate, v, text_video, *, rescore: str = "none", bank=N
     elif rescore == "dsl":
         score = _KeptTiles(score, int(dsl_memory_mib * 2**20), n_texts * n_videos * 4)
         variants = [_Dsl(_dsl_pass1(score, blocks, n_texts, n_videos, big), n_texts, n_videos)]
-        score.keeping = False
     else:
         if bank is None:
             raise ValueError("rescore='qbnorm' needs a query bank: bank=(t, gate, v)")
