@@ -220,9 +220,9 @@ def _log_so_far(file) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-def _run_ffmpeg(path: Path, args: list[str], keeper: _FrameKeeper, timeout: float | None, nice: int) -> str:
-    """Run ffmpeg, feeding its stdout to ``keeper``; returns its log. DecodeError on a timeout or a failed
-    exit, or when the file has no video stream."""
+def _run_ffmpeg(path: Path, args: list[str], keeper: _FrameKeeper, timeout: float | None, nice: int) -> None:
+    """Run ffmpeg, feeding its stdout to ``keeper``; DecodeError on a timeout or a failed exit, when the
+    file has no video stream, or when no frame came."""
     # stderr goes to a temp file rather than a pipe: a chatty ffmpeg can then never block on a full pipe
     # while we are blocked reading stdout.
     with tempfile.TemporaryFile() as err:
@@ -261,7 +261,6 @@ def _run_ffmpeg(path: Path, args: list[str], keeper: _FrameKeeper, timeout: floa
         raise DecodeError(f"{path}: ffmpeg could not decode it (exit {code}): {_last_line(stderr)}")
     if keeper.count == 0:
         raise DecodeError(f"{path}: ffmpeg decoded no frames" + (f": {_last_line(stderr)}" if _errors(stderr) else ""))
-    return stderr
 
 
 def sample_frames(
@@ -290,12 +289,16 @@ def sample_frames(
     _check_exists(path)
     args = _filter_graph(path, resolution, fps, threads).compile(cmd=ffmpeg_binary())
 
+    duration = math.nan  # read from the header once the first frame is in (_run_ffmpeg raises if none comes)
+
     def plan(log: str) -> np.ndarray | None:
-        expected = expected_count(header_duration(log), fps)
+        nonlocal duration
+        duration = header_duration(log)
+        expected = expected_count(duration, fps)
         return None if expected is None else candidate_indices(expected, max_frames)
 
     keeper = _FrameKeeper(resolution, plan=plan)
-    duration = header_duration(_run_ffmpeg(path, args, keeper, timeout, nice))
+    _run_ffmpeg(path, args, keeper, timeout, nice)
     chosen = keeper.choose(max_frames)
     if chosen is not None:
         return Frames(frames=chosen, duration=duration, n_sampled=keeper.count)
