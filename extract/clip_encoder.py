@@ -211,6 +211,11 @@ class ClipEncoder:
             tokens[long, max_tokens - 1] = eot
         return tokens
 
+    @staticmethod
+    def token_lengths(tokens: torch.Tensor) -> torch.Tensor:
+        """Each row's length up to and including its end-of-text token, the largest id in a row [B]."""
+        return tokens.argmax(dim=-1) + 1
+
     @torch.no_grad()
     def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         """Tokens [B, L] from `tokenize` -> float16 embeddings [B, D], read at the batch's real length.
@@ -219,7 +224,7 @@ class ClipEncoder:
         id in a row), so dropping the padding after the longest row's end token changes nothing, and costs
         far less than CLIP's full 77-token context.
         """
-        length = int(tokens.argmax(dim=-1).max()) + 1
+        length = int(self.token_lengths(tokens).max())
         tokens = tokens[:, :length].to(self.device)
         emb = self.model.encode_text(tokens)  # fp32 under bf16 too: see _autocast
         return emb.to("cpu", torch.float16).numpy()

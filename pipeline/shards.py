@@ -190,9 +190,8 @@ def shard_problems(out, n: int) -> dict[str, str]:
         rerun = f"rerun `vtr extract ... --shard {i}/{n}`"
         if writer_active(path):
             problems[path.name] = "a run is writing it now (its lock is held); wait for it to finish"
-        elif unfinished_parts(path):
-            problems[path.name] = (f"{unfinished_parts(path)} uncommitted part files: its run was killed or "
-                                   f"failed; {rerun} to finish it")
+        elif parts := unfinished_parts(path):
+            problems[path.name] = f"{parts} uncommitted part files: its run was killed or failed; {rerun} to finish it"
         elif not path.exists():
             problems[path.name] = f"missing; {rerun}"
     return problems
