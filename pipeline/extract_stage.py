@@ -307,7 +307,7 @@ def run_extract(
     """Bring the cache at ``out`` up to date with ``dataset``; return what was done.
 
     ``workers`` decode threads (default: one per usable core) each run one ffmpeg with ``decode_threads``
-    threads, ``window`` videos ahead of CLIP, which encodes ``batch_frames`` frames at a time in this
+    threads, `decode_window` videos ahead of CLIP, which encodes ``batch_frames`` frames at a time in this
     thread. ``decode_nice`` is ffmpeg's niceness (Unix). It stays 0 by default: with CLIP on the CPU, niced
     decoders starved whenever other programs shared the machine (CLIP then waited 10 times longer for
     frames, measured), while at 0 the pipeline used no more CPU time than decoding and CLIP apart.
