@@ -15,18 +15,21 @@ How the ranks are counted (``chunked_ranks``):
   groups whose max score >= the video's threshold. The count includes the true candidate itself, so it is
   exactly ``metrics.TIE_RULE``. Only the tile's comparisons and one number per query are kept.
 - DSL at inference normalises each video's column over ALL test captions (T2V) and each caption's row over all
-  videos (V2T). Pass 1 over the tiles gathers both log-sum-exps; pass 2 counts on ``S * exp(S - lse)``, both
-  directions from one exp per score (``_Dsl``). Pass 2 reuses the tiles pass 1 kept within a memory budget
-  (``_KeptTiles``) and scores the others again, so DSL costs one to two matrix products.
+  videos (V2T). Pass 1 over the tiles gathers both log-sum-exps (``_dsl_pass1``); pass 2 counts on
+  ``S * exp(S - lse)``, both directions from one exp per score (``_Dsl``). Pass 2 reuses the tiles pass 1 kept
+  within a memory budget (``_KeptTiles``) and scores the others again, so DSL costs one to two matrix products.
 - QB-Norm: bank passes give each test video (T2V) and each test caption (V2T) its log-sum-exp over the query
   bank and whether it is in a bank query's top-1. Whether a query is normalised depends on its own top-1 over
   the whole gallery, known only at the end, so the raw and the normalised counts are both kept and each
   query takes one.
 
-The scores within one pass come from the same computation, so a tie (two identical captions, two identical
-videos) stays a tie and counts against the model, as in ``metrics``. Compared with building the whole
-matrix, scores can differ in the last bit (matrix products of other shapes round differently), so only
-candidates within float rounding of each other can swap places.
+A tie stays a tie and counts against the model, as in ``metrics``: a re-scored value depends only on its score
+and on its column's (row's) log-sum-exp, never on the tile it sits in. Every shift is one constant for the
+whole matrix, the log-sum-exps are summed in float64 in one order for every row (column) and made equal where
+they are the same numbers summed in another order (``rescore.snap_ties``), and QB-Norm compares in float64.
+So two identical captions or videos, wherever their tiles, get bit-equal values. Compared with building the
+whole matrix, only candidates within float32 rounding of each other can swap places. Scores that are NaN or
+infinite are refused in every mode (``metrics.NONFINITE_SCORES``). docs/evaluation-ties.md has the details.
 """
 from __future__ import annotations
 
@@ -38,11 +41,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vtr.eval.metrics import (DEFAULT_TILE, TIE_RULE, Blocks, check_every_video_captioned, plan_blocks,
-                              retrieval_metrics)
+from vtr.eval.metrics import (DEFAULT_TILE, NONFINITE_SCORES, TIE_RULE, Blocks, check_every_video_captioned,
+                              plan_blocks, retrieval_metrics)
 from vtr.eval.report import RANDOM_CLIP_NOTE
-from vtr.eval.rescore import (SHARED_SHIFT_RANGE, QueryBankStats, RunningLogSumExp, dsl_direct,
-                              tile_logsumexps)
+from vtr.eval.rescore import SHARED_SHIFT_RANGE, QueryBankStats, dsl_direct, snap_ties
 from vtr.records import CacheTensors
 from vtr.train.heads import RetrievalHead, text_batch, video_batch
 
@@ -79,10 +81,10 @@ class _Buffers:
     def __init__(self, device):
         self.device, self._store = device, {}
 
-    def __call__(self, name: str, rows: int, cols: int) -> torch.Tensor:
-        buf = self._store.get(name)
+    def __call__(self, name: str, rows: int, cols: int, dtype=torch.float32) -> torch.Tensor:
+        buf = self._store.get((name, dtype))
         if buf is None or buf.numel() < rows * cols:
-            buf = self._store[name] = torch.empty(rows * cols, device=self.device)
+            buf = self._store[name, dtype] = torch.empty(rows * cols, dtype=dtype, device=self.device)
         return buf[: rows * cols].view(rows, cols)
 
 
@@ -157,9 +159,10 @@ class _KeptTiles:
 
 
 def _check_tile(s: torch.Tensor) -> None:
-    # One cheap reduction per tile; NaN (or inf - inf) in the sum triggers the exact check.
-    if torch.isnan(s.sum()) and torch.isnan(s).any():
-        raise ValueError("similarity matrix contains NaN scores; ranks are undefined")
+    # One cheap reduction per tile; a non-finite sum (NaN, inf, or finite scores that overflow) triggers the exact
+    # check.
+    if not torch.isfinite(s.sum()) and not torch.isfinite(s).all():
+        raise ValueError(NONFINITE_SCORES)
 
 
 def _progress(total: int, desc: str, show: bool):
@@ -172,11 +175,16 @@ def _diagonal_first(n_blocks: int) -> Iterator[tuple[int, int]]:
     yield from ((r, c) for r in range(n_blocks) for c in range(n_blocks) if r != c)
 
 
-def _tiles(score, blocks: Blocks, desc: str, show: bool, check: bool = True):
-    """Yield (r, c, rows, cols, scores) for every non-empty tile, diagonal tiles first, NaN refused
+def _row_major(n_blocks: int) -> Iterator[tuple[int, int]]:
+    """Every tile row by row: each row block meets the column blocks in the same order, and vice versa."""
+    yield from ((r, c) for r in range(n_blocks) for c in range(n_blocks))
+
+
+def _tiles(score, blocks: Blocks, desc: str, show: bool, check: bool = True, order=_diagonal_first):
+    """Yield (r, c, rows, cols, scores) for every non-empty tile in ``order``, non-finite scores refused
     (unless ``check`` is off: the caller checks, or an earlier pass over the same tiles did)."""
     with _progress(len(blocks) ** 2, desc, show) as bar:
-        for r, c in _diagonal_first(len(blocks)):
+        for r, c in order(len(blocks)):
             rows, cols = blocks.texts(r), blocks.videos(c)
             bar.update()
             if rows.start == rows.stop or cols.start == cols.stop:
@@ -188,7 +196,10 @@ def _tiles(score, blocks: Blocks, desc: str, show: bool, check: bool = True):
 
 
 class _Raw:
-    """Rank raw scores. Variants rank ``t2v(...)`` and ``v2t(...)`` of each tile; ``begin`` sees the tile first."""
+    """Rank raw scores. Variants rank ``t2v(...)`` and ``v2t(...)`` of each tile, written into ``out`` (of the
+    variant's ``dtype``) or returned as is; ``begin`` sees the tile first."""
+
+    dtype = torch.float32
 
     def begin(self, s, r, c, rows, cols, own, buffers):
         pass
@@ -203,9 +214,9 @@ class _Raw:
 class _DslPass1:
     """What pass 1 of DSL learns from the tiles. ``alpha * s`` are the logits of a tile ``s`` as scored."""
 
-    lse_v: torch.Tensor  # [N] log-sum-exp of each video's logits over all captions
-    lse_t: torch.Tensor  # [M] log-sum-exp of each caption's logits over all videos
-    shifts: dict  # (r, c) -> the tile's shared shift: its maximum logit (0-dim tensor)
+    lse_v: torch.Tensor  # [N] float64 log-sum-exp of each video's logits over all captions (``snap_ties``)
+    lse_t: torch.Tensor  # [M] float64 log-sum-exp of each caption's logits over all videos
+    shift: float  # the largest logit of the whole matrix (pass 2 keeps its factors in float32's range with it)
     bound: torch.Tensor  # max |s| over the matrix (0-dim tensor)
     alpha: float
 
@@ -214,70 +225,90 @@ class _Dsl(_Raw):
     """Inference-time DSL (``dsl_t2v``, ``dsl_v2t``) with one exp per score.
 
     T2V ranks ``x = s * exp(alpha s - lse_v[j])`` and V2T ``y = s * exp(alpha s - lse_t[i])``
-    (``rescore.dsl_direct``): DSL over the constants alpha * M and alpha * N, which leave every order alone. Both
-    come from ``p = s * exp(alpha s - c)``, c the tile's shift from pass 1: ``x = p * exp(c - lse_v[j])``,
-    ``y = p * exp(c - lse_t[i])``.
+    (``rescore.dsl_direct``): DSL over the constants alpha * M and alpha * N, which leave every order alone. x is
+    computed as is, and y from it: ``y = x * g[j] * f[i]`` with ``g = exp(lse_v - C)``, ``f = exp(C - lse_t)``
+    computed once per video and caption, C the largest logit of the whole matrix. Within a caption's row (T2V)
+    x depends only on the score and its video's lse, and within a video's column (V2T) y only on the score and
+    its caption's lse, whatever the tile: equal scores against equal lse (a duplicate caption or video) stay
+    exactly equal.
 
-    The product is the direct form up to rounding unless a factor is subnormal, and then, when
-    ``c - lse <= SHARED_SHIFT_RANGE`` (30), both are below ``max(S, 1) * e^-57`` in magnitude (S = max |s|).
-    So a column (T2V) or row (V2T) whose lse is more than 30 below c is computed directly, and so is, in
-    every tile, a caption (T2V) or video (V2T) whose own score is below ``max(S, 1) * e^-50`` in magnitude.
-    Every other comparison with a threshold then falls on the same side as the direct form's.
+    y is the direct form up to rounding unless x is subnormal, and then, when ``C - lse <= SHARED_SHIFT_RANGE``
+    (30) for its video and caption, it is below ``max(S, 1) * M * e^-57`` in magnitude (S = max |s|, M captions).
+    So a video or caption whose lse is more than 30 below C is computed directly (V2T), and so is, in every
+    tile, a video whose own V2T score is below ``max(S, 1) * M * e^-50`` in magnitude, and a caption whose own
+    T2V score is below ``max(S, 1) * e^-50``: the direct form of such a caption's row (video's column) is scaled
+    by one constant per row (column), ``exp(-k)`` with k its own log-weight, so that its own value is about its
+    score and nothing near it underflows (a positive factor leaves its order alone). Every other comparison
+    with a threshold then falls on the same side as the direct form's.
     """
 
     def __init__(self, pass1: _DslPass1, n_texts: int, n_videos: int):
-        self.lse_v, self.lse_t, self.shifts, self.alpha = pass1.lse_v, pass1.lse_t, pass1.shifts, pass1.alpha
-        self.tiny = pass1.bound.clamp(min=1.0) * math.exp(-50.0)
+        self.alpha, shift = pass1.alpha, pass1.shift
+        self.lse_v, self.lse_t = pass1.lse_v.float(), pass1.lse_t.float()
+        self.up_v = torch.exp(pass1.lse_v - shift).float()
+        self.down_t = torch.exp(shift - pass1.lse_t).float()
+        self.far_v = shift - pass1.lse_v > SHARED_SHIFT_RANGE
+        self.far_t = shift - pass1.lse_t > SHARED_SHIFT_RANGE
+        self.tiny_t = pass1.bound.clamp(min=1.0) * math.exp(-50.0)
+        self.tiny_v = self.tiny_t * n_texts
         self.direct_t = torch.zeros(n_texts, dtype=torch.bool, device=self.lse_t.device)
         self.direct_v = torch.zeros(n_videos, dtype=torch.bool, device=self.lse_v.device)
+        self.k_t = torch.zeros(n_texts, device=self.lse_t.device)  # the scaling log-weights of direct rows
+        self.k_v = torch.zeros(n_videos, device=self.lse_v.device)
 
     def begin(self, s, r, c, rows, cols, own, buffers):
-        shift = self.shifts[r, c]
-        self.p = torch.add(-shift, s, alpha=self.alpha, out=buffers("p", *s.shape)).exp_().mul_(s)
         self.tile_lse_v, self.tile_lse_t = lse_v, lse_t = self.lse_v[cols], self.lse_t[rows]
-        self.col_factor, self.row_factor = (shift - lse_v).exp_(), (shift - lse_t).exp_()[:, None]
-        self.far_cols = (shift - lse_v > SHARED_SHIFT_RANGE).nonzero().squeeze(1)
-        self.far_rows = (shift - lse_t > SHARED_SHIFT_RANGE).nonzero().squeeze(1)
-        if own is not None:  # a diagonal tile: which captions and videos to rank with the direct form
+        self.x = dsl_direct(s, lse_v, self.alpha, out=buffers("p", *s.shape))
+        self.y = torch.mul(self.x, self.up_v[cols], out=buffers("q", *s.shape)).mul_(self.down_t[rows, None])
+        self.far_cols = self.far_v[cols].nonzero().squeeze(1)
+        self.far_rows = self.far_t[rows].nonzero().squeeze(1)
+        if own is not None:  # a diagonal tile: which captions and videos to rank with the (scaled) direct form
             s_own = s[torch.arange(len(own), device=s.device), own]
             x_own = dsl_direct(s_own, lse_v[own], self.alpha)
-            self.direct_t[rows] = x_own.abs() < self.tiny
+            self.direct_t[rows] = x_own.abs() < self.tiny_t
+            self.k_t[rows] = torch.add(-lse_v[own], s_own, alpha=self.alpha)
             y_own = dsl_direct(s_own, lse_t, self.alpha)
             best = torch.full((s.shape[1],), float("-inf"), device=s.device).scatter_reduce_(0, own, y_own, "amax")
-            self.direct_v[cols] = best.abs() < self.tiny
+            self.direct_v[cols] = best.abs() < self.tiny_v
+            self.k_v[cols] = torch.full((s.shape[1],), float("-inf"), device=s.device).scatter_reduce_(
+                0, own, torch.add(-lse_t, s_own, alpha=self.alpha), "amax")
 
     def t2v(self, s, rows, cols, out):
-        x = torch.mul(self.p, self.col_factor, out=out)
-        if len(self.far_cols):
-            far = self.far_cols
-            x[:, far] = dsl_direct(s[:, far], self.tile_lse_v[far], self.alpha)
+        x = self.x
         direct = self.direct_t[rows].nonzero().squeeze(1)
         if len(direct):
-            x[direct] = dsl_direct(s[direct], self.tile_lse_v, self.alpha)
+            x[direct] = dsl_direct(s[direct], self.tile_lse_v + self.k_t[rows][direct, None], self.alpha)
         return x
 
     def v2t(self, s, rows, cols, out):
-        y = torch.mul(self.p, self.row_factor, out=out)
+        y = self.y
         if len(self.far_rows):
             far = self.far_rows
             y[far] = dsl_direct(s[far], self.tile_lse_t[far, None], self.alpha)
+        if len(self.far_cols):
+            far = self.far_cols
+            y[:, far] = dsl_direct(s[:, far], self.tile_lse_t[:, None], self.alpha)
         direct = self.direct_v[cols].nonzero().squeeze(1)
         if len(direct):
-            y[:, direct] = dsl_direct(s[:, direct], self.tile_lse_t[:, None], self.alpha)
+            y[:, direct] = dsl_direct(s[:, direct], self.tile_lse_t[:, None] + self.k_v[cols][direct], self.alpha)
         return y
 
 
 class _QbNormalised(_Raw):
-    """QB-Norm's inverted softmax in log space, ``beta * s - lse_bank`` (per video for T2V, per caption for V2T)."""
+    """QB-Norm's inverted softmax in log space, ``(beta * s - m) - r`` in float64 with the bank's ``lse = m + r``
+    per video (T2V) or caption (V2T), as ``rescore.qbnorm`` computes it: the same value for the same score and
+    statistics, and no float32 rounding of values near beta to merge or split ties."""
 
-    def __init__(self, beta, lse_per_video, lse_per_text):
-        self.beta, self.lse_v, self.lse_t = beta, lse_per_video, lse_per_text
+    dtype = torch.float64
+
+    def __init__(self, beta, per_video, per_text):
+        self.beta, (self.m_v, self.r_v), (self.m_t, self.r_t) = beta, per_video, per_text
 
     def t2v(self, s, rows, cols, out):
-        return torch.mul(s, self.beta, out=out).sub_(self.lse_v[cols])
+        return out.copy_(s).mul_(self.beta).sub_(self.m_v[cols]).sub_(self.r_v[cols])
 
     def v2t(self, s, rows, cols, out):
-        return torch.mul(s, self.beta, out=out).sub_(self.lse_t[rows, None])
+        return out.copy_(s).mul_(self.beta).sub_(self.m_t[rows, None]).sub_(self.r_t[rows, None])
 
 
 class _Top1:
@@ -328,10 +359,10 @@ def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, pro
             buffers = _Buffers(device)
             cnt_t = torch.zeros(len(variants), m, dtype=torch.int64, device=device)
             cnt_v = torch.zeros(len(variants), n, dtype=torch.int64, device=device)
-            thr_t = torch.empty(len(variants), m, device=device)
-            thr_v = torch.empty(len(variants), n, device=device)
-            ones = torch.ones(int(max(np.diff(blocks.text_bounds).max(), np.diff(blocks.video_bounds).max())),
-                              device=device)
+            thr_t = [torch.empty(m, dtype=v.dtype, device=device) for v in variants]  # in each variant's dtype
+            thr_v = [torch.empty(n, dtype=v.dtype, device=device) for v in variants]
+            edge = int(max(np.diff(blocks.text_bounds).max(), np.diff(blocks.video_bounds).max()))
+            ones = {v.dtype: torch.ones(edge, dtype=v.dtype, device=device) for v in variants}
         if top1 is not None:
             top1.update(s, rows, cols, r)
         nr, nc = s.shape
@@ -339,47 +370,95 @@ def _count_ranks(score, blocks: Blocks, variants, top1: _Top1 | None = None, pro
         groups = tv[rows] - int(blocks.video_bounds[r])  # caption group (video) within block r
         n_groups = int(blocks.video_bounds[r + 1] - blocks.video_bounds[r])
         for k, variant in enumerate(variants):
+            dtype = variant.dtype
             variant.begin(s, r, c, rows, cols, own, buffers)
-            x = variant.t2v(s, rows, cols, buffers("x", nr, nc))
+            x = variant.t2v(s, rows, cols, buffers("x", nr, nc, dtype))
             if own is not None:
-                thr_t[k, rows] = x[torch.arange(nr, device=device), own]
+                thr_t[k][rows] = x[torch.arange(nr, device=device), own]
             # the 0/1 hits overwrite a variant's own buffer (one tile less to stream), never the scores s
-            mask = buffers("mask", nr, nc) if x is s else x
-            cnt_t[k, rows] += torch.ge(x, thr_t[k, rows, None], out=mask).sum(1).long()
-            y = variant.v2t(s, rows, cols, buffers("x", nr, nc))
+            mask = buffers("mask", nr, nc, dtype) if x is s else x
+            cnt_t[k, rows] += torch.ge(x, thr_t[k][rows, None], out=mask).sum(1).long()
+            y = variant.v2t(s, rows, cols, buffers("x", nr, nc, dtype))
             if own is not None:  # each video's best own caption
-                thr_v[k, cols] = torch.full((nc,), float("-inf"), device=device).scatter_reduce_(
+                thr_v[k][cols] = torch.full((nc,), float("-inf"), dtype=dtype, device=device).scatter_reduce_(
                     0, own, y[torch.arange(nr, device=device), own], "amax")
             if blocks.max_group[r] > 1:  # group max over each video's captions first
-                y = buffers("groups", n_groups, nc).fill_(float("-inf")).scatter_reduce_(
+                y = buffers("groups", n_groups, nc, dtype).fill_(float("-inf")).scatter_reduce_(
                     0, groups[:, None].expand(nr, nc), y, "amax")
-            hits = torch.ge(y, thr_v[k, cols], out=buffers("mask", y.shape[0], nc) if y is s else y)
-            cnt_v[k, cols] += torch.mv(hits.T, ones[: hits.shape[0]]).long()  # column sums; mv is the fast one
+            hits = torch.ge(y, thr_v[k][cols], out=buffers("mask", y.shape[0], nc, dtype) if y is s else y)
+            cnt_v[k, cols] += torch.mv(hits.T, ones[dtype][: hits.shape[0]]).long()  # column sums; mv is the fast one
     return cnt_t, cnt_v
 
 
 def _dsl_pass1(score, blocks: Blocks, m: int, n: int, show=False) -> _DslPass1:
-    """Pass 1 of DSL: log-sum-exp over all captions for each video and over all videos for each caption,
-    each tile's shift, and the bound on |s|. NaN is refused here, so pass 2 need not look again."""
-    per_video = per_text = buffers = None
-    shifts, bound = {}, torch.zeros(())
-    for r, c, rows, cols, s in _tiles(score, blocks, "DSL pass 1/2 (normalisers)", show, check=False):
-        if per_video is None:
-            per_video, per_text = RunningLogSumExp(n, s.device), RunningLogSumExp(m, s.device)
-            buffers, bound = _Buffers(s.device), bound.to(s.device)
-        low, high = torch.aminmax(s)  # NaN anywhere makes both NaN
-        if torch.isnan(high):
-            _check_tile(s)
-        shifts[r, c] = shift = high * score.alpha
-        bound = torch.maximum(bound, torch.maximum(high.abs(), low.abs()))
-        over_texts, over_videos = tile_logsumexps(s, buffers("e", *s.shape), alpha=score.alpha, shift=shift)
-        per_video.add(cols, over_texts)
-        per_text.add(rows, over_videos)
-    return _DslPass1(per_video.value, per_text.value, shifts, bound, score.alpha)
+    """Pass 1 of DSL: log-sum-exp over all captions for each video and over all videos for each caption, the
+    largest logit and the bound on |s|. Non-finite scores are refused here, so pass 2 need not look again.
+
+    Every term is ``exp(alpha s - c)`` with one shift c for the whole pass (the first tile's largest logit), so
+    equal scores give equal terms in any tile. Each tile's row and column sums are taken in float64 and added up
+    tile by tile in the same order for every row and column, then ``snap_ties`` makes equal the sums of the same
+    numbers taken in another order. A row or column whose float32 terms left float32's range (overflow, or a
+    sum so small that subnormal terms could matter) is summed again, alone, in float64 (``_exact_logsumexps``).
+    """
+    sum_v = sum_t = buffers = ones = shift = None
+    high_all, bound = -math.inf, 0.0
+    for r, c, rows, cols, s in _tiles(score, blocks, "DSL pass 1/2 (normalisers)", show, check=False,
+                                      order=_row_major):
+        if sum_v is None:
+            device = s.device
+            sum_v = torch.zeros(n, dtype=torch.float64, device=device)
+            sum_t = torch.zeros(m, dtype=torch.float64, device=device)
+            buffers = _Buffers(device)
+            edge = int(max(np.diff(blocks.text_bounds).max(), np.diff(blocks.video_bounds).max()))
+            ones = torch.ones(edge, dtype=torch.float64, device=device)
+        low, high = (float(x) for x in torch.aminmax(s))  # NaN anywhere makes both NaN
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(NONFINITE_SCORES)
+        if shift is None:
+            shift = float(torch.tensor(high, dtype=torch.float32) * score.alpha)
+        high_all, bound = max(high_all, high), max(bound, abs(low), abs(high))
+        e = torch.add(-shift, s, alpha=score.alpha, out=buffers("e", *s.shape)).exp_()
+        e = buffers("e64", *s.shape, dtype=torch.float64).copy_(e)  # float64 sums by mv: the fast reduction
+        sum_v[cols] += torch.mv(e.T, ones[: e.shape[0]])
+        sum_t[rows] += torch.mv(e, ones[: e.shape[1]])
+    lse = []
+    for total, n_terms, by_rows in ((sum_v, m, False), (sum_t, n, True)):
+        value = snap_ties(total.log() + shift)
+        # Sums below n * 2^-100 may hold subnormal terms (float32's normal range ends at 2^-126).
+        redo = ~(value >= shift + math.log(n_terms) - 100 * math.log(2)) | ~torch.isfinite(value)
+        if redo.any():
+            index = redo.nonzero().squeeze(1)
+            value[index] = _exact_logsumexps(getattr(score, "score", score), index, n if by_rows else m,
+                                             int(np.diff(blocks.text_bounds).max()), score.alpha, by_rows)
+            value = snap_ties(value)
+        lse.append(value)
+    alpha_high = float(torch.tensor(high_all, dtype=torch.float32) * score.alpha)
+    return _DslPass1(lse[0], lse[1], alpha_high, torch.tensor(bound, device=sum_v.device), score.alpha)
+
+
+def _exact_logsumexps(score, index: torch.Tensor, n_other: int, chunk: int, alpha: float, by_rows: bool):
+    """float64 log-sum-exp of ``alpha * s`` over whole caption rows (``by_rows``) or video columns ``index``,
+    each shifted by its own exact maximum: for the rare few whose pass-1 terms left float32's range."""
+    chunk = max(chunk, 1)
+    out = []
+    for i0 in range(0, len(index), chunk):
+        idx = index[i0 : i0 + chunk]
+
+        def logits():
+            for o0 in range(0, n_other, chunk):
+                other = slice(o0, min(o0 + chunk, n_other))
+                s = score(idx, other) if by_rows else score(other, idx).T
+                yield s.double() * alpha
+
+        top = torch.stack([x.amax(1) for x in logits()]).amax(0)
+        total = sum(torch.exp(x - top[:, None]).sum(1) for x in logits())
+        out.append(top + total.log())
+    return torch.cat(out)
 
 
 def _bank_stats(score, n_bank: int, n_gallery: int, chunk: int, *, gallery_is_video: bool, beta, k, desc, show):
-    """QB-Norm statistics of a query bank against the test gallery, from tiles of ``score`` (captions x videos)."""
+    """QB-Norm statistics (m, r, active) of a query bank against the test gallery, from tiles of ``score``
+    (captions x videos): ``QueryBankStats.finish_parts``."""
     stats = buffers = None
     bank_blocks, gallery_blocks = range(0, n_bank, chunk), range(0, n_gallery, chunk)
     with _progress(len(bank_blocks) * len(gallery_blocks), desc, show) as bar:
@@ -390,10 +469,9 @@ def _bank_stats(score, n_bank: int, n_gallery: int, chunk: int, *, gallery_is_vi
                 tile = score(bank, gallery) if gallery_is_video else score(gallery, bank).T
                 if stats is None:
                     stats, buffers = QueryBankStats(n_gallery, beta, k, tile.device), _Buffers(tile.device)
-                _check_tile(tile)
-                stats.add(tile, g0, buffers("e", *tile.shape))
+                stats.add(tile, g0, buffers("e", *tile.shape, dtype=torch.float64))
                 bar.update()
-    return stats.finish()
+    return stats.finish_parts()
 
 
 @torch.no_grad()
@@ -437,12 +515,14 @@ def chunked_ranks(head, t, gate, v, text_video, *, rescore: str = "none", bank=N
         if bank is None:
             raise ValueError("rescore='qbnorm' needs a query bank: bank=(t, gate, v)")
         t_b, g_b, v_b = bank
-        lse_v, active_v = _bank_stats(TileScorer(head, t_b, g_b, v, cosine=True), t_b.shape[0], n_videos, chunk,
-                                      gallery_is_video=True, beta=beta, k=k, desc="QB-Norm bank (T2V)", show=big)
-        lse_t, active_t = _bank_stats(TileScorer(head, t, gate, v_b, cosine=True), v_b.shape[0], n_texts, chunk,
-                                      gallery_is_video=False, beta=beta, k=k, desc="QB-Norm bank (V2T)", show=big)
-        order = torch.as_tensor(blocks.order, device=lse_t.device)
-        variants = [_Raw(), _QbNormalised(beta, lse_v, lse_t[order])]
+        m_v, r_v, active_v = _bank_stats(TileScorer(head, t_b, g_b, v, cosine=True), t_b.shape[0], n_videos,
+                                         chunk, gallery_is_video=True, beta=beta, k=k, desc="QB-Norm bank (T2V)",
+                                         show=big)
+        m_t, r_t, active_t = _bank_stats(TileScorer(head, t, gate, v_b, cosine=True), v_b.shape[0], n_texts,
+                                         chunk, gallery_is_video=False, beta=beta, k=k, desc="QB-Norm bank (V2T)",
+                                         show=big)
+        order = torch.as_tensor(blocks.order, device=m_t.device)
+        variants = [_Raw(), _QbNormalised(beta, (m_v, r_v), (m_t[order], r_t[order]))]
         top1 = _Top1(blocks, t.device)
     desc = {"none": "ranks", "dsl": "DSL pass 2/2 (ranks)", "qbnorm": "QB-Norm ranks"}[rescore]
     cnt_t, cnt_v = _count_ranks(score, blocks, variants, top1, desc, big, check=rescore != "dsl")

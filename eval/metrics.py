@@ -14,7 +14,8 @@ Tie rule (ties count against the model)::
 
 so a model that gives every candidate the same score gets the worst rank N, never rank 1. (CLIP4Clip's
 ``np.where(sorted == diag)`` takes the first match in a sorted row, which resolves ties in the model's
-favour.) NaN scores cannot be ranked and raise ValueError.
+favour.) NaN and infinite scores cannot be ranked and raise ValueError (``NONFINITE_SCORES``), in every path:
+whole matrix, tiled, raw, DSL and QB-Norm.
 
 ``t2v_ranks`` / ``v2t_ranks`` rank a matrix that exists whole (or as an array-like read block by block).
 ``vtr.eval.evaluate`` never builds the matrix: it counts the same ranks tile by tile over ``plan_blocks``.
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 TIE_RULE = "rank = 1 + number of other candidates scoring >= the true one (ties count against the model)"
+NONFINITE_SCORES = "similarity matrix contains NaN or infinite scores; ranks are undefined"
 DEFAULT_CHUNK = 4096
 # Tile edge for chunked evaluation: a 1024 x 1024 float32 tile is 4 MiB, large enough for an efficient matrix
 # product, and the tile with DSL's three scratch tiles fits a 32 MiB L3 cache (at 2048, DSL at 10k x 10k took
@@ -55,8 +57,8 @@ def _check_inputs(sim, text_video) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_finite(block: np.ndarray) -> None:
-    if np.isnan(block).any():
-        raise ValueError("similarity matrix contains NaN scores; ranks are undefined")
+    if not np.isfinite(block).all():
+        raise ValueError(NONFINITE_SCORES)
 
 
 def t2v_ranks(sim, text_video, chunk: int = DEFAULT_CHUNK) -> np.ndarray:

@@ -5,22 +5,68 @@ place of the raw scores. Helpers named ``*_t2v`` / ``*_v2t`` take the usual text
 return texts x videos, so ``metrics.t2v_ranks`` / ``metrics.v2t_ranks`` apply unchanged (V2T still takes
 the max over a video's captions, now on the re-scored values). These whole-matrix forms are the definitions.
 
-``vtr.eval.evaluate`` applies the same re-scoring one tile at a time, with the pieces below: running
-log-sum-exps (``tile_logsumexps``, ``RunningLogSumExp``), ``dsl_direct``, and ``QueryBankStats``, which
-``qbnorm`` itself uses, so both gather the bank's statistics the same way.
+``vtr.eval.evaluate`` applies the same re-scoring one tile at a time, with the pieces below: ``snap_ties``,
+``dsl_direct``, and ``QueryBankStats``, which ``qbnorm`` itself uses, so both gather the bank's statistics the
+same way.
+
+A tie stays a tie: the re-scored value of a score depends only on that score and its column's (or row's)
+log-sum-exp, and two columns holding the same numbers, in any order, get the same log-sum-exp (``snap_ties``).
+The definitions are computed in float64 and returned in float64 (see docs/evaluation-ties.md).
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import torch
 
+from vtr.eval.metrics import NONFINITE_SCORES
+
 BANK_CHUNK = 4096
+# Sums of the same n terms in two orders differ by float64 rounding, about sqrt(n) * 2^-53; values closer than
+# this (relative) are taken as one value. It is far below float32's resolution (2^-24) of the scores themselves,
+# and below what tells apart sums that differ by a term e^-20 (QB-Norm's beta on cosines one step apart).
+TIE_TOLERANCE = 2.0 ** -40
 
 
 def _as_tensor(x) -> torch.Tensor:
     return torch.as_tensor(x).float()
+
+
+def _finite(x) -> torch.Tensor:
+    """``x`` as a float32 tensor; ValueError when it holds NaN or an infinity (ranks would be undefined)."""
+    s = _as_tensor(x)
+    if not torch.isfinite(s).all():
+        raise ValueError(NONFINITE_SCORES)
+    return s
+
+
+def snap_ties(values: torch.Tensor, rel: float = TIE_TOLERANCE) -> torch.Tensor:
+    """``values`` in float64, with each run of sorted neighbours closer than ``rel * max(1, |v|)`` set to the
+    run's smallest value.
+
+    A log-sum-exp over the same numbers in another order (two identical captions in different tiles, two rows
+    that are permutations of each other) comes out a few float64 roundings apart; this makes them equal, so
+    equal inputs keep equal re-scored values. Any two values within the tolerance end up in the same run.
+    """
+    v = values.double()
+    if v.numel() < 2:
+        return v.clone()
+    ordered, order = torch.sort(v)
+    gap = ordered[1:] - ordered[:-1]
+    close = (gap <= rel * ordered[1:].abs().clamp(min=1.0)) & torch.isfinite(ordered[1:])  # infinities stay
+    starts = torch.cat([torch.ones(1, dtype=torch.bool, device=v.device), ~close])
+    first = starts.nonzero().squeeze(1)
+    out = torch.empty_like(v)
+    out[order] = ordered[first][starts.cumsum(0) - 1]
+    return out
+
+
+def logsumexp_tie_safe(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """float64 ``logsumexp(x, dim)``, each slice shifted by its own (exact) maximum, then ``snap_ties``: slices
+    holding the same numbers in any order get bit-equal results."""
+    x = x.double()
+    m = x.amax(dim, keepdim=True)
+    return snap_ties(m.squeeze(dim) + torch.exp(x - m).sum(dim).log())
 
 
 def dsl(sim, temperature: float = 1.0) -> torch.Tensor:
@@ -33,9 +79,14 @@ def dsl(sim, temperature: float = 1.0) -> torch.Tensor:
 
     Transductive: every query's score depends on all the other test queries, so results are not those
     of a system answering one query at a time. Reports must say so.
+
+    Computed and returned in float64 as ``S * exp(S / temperature - lse) * n``, with each column's lse from
+    ``logsumexp_tie_safe``: equal scores in columns holding the same numbers stay equal. NaN or infinite scores
+    raise ValueError.
     """
-    s = _as_tensor(sim)
-    return s * torch.softmax(s / temperature, dim=0) * s.shape[0]
+    s = _finite(sim).double()
+    logits = s / temperature
+    return s * torch.exp(logits - logsumexp_tie_safe(logits, 0)) * s.shape[0]
 
 
 def dsl_t2v(sim, temperature: float = 1.0) -> torch.Tensor:
@@ -60,94 +111,60 @@ def _bank_chunks(bank_sim, chunk: int) -> Iterable[torch.Tensor]:
     return (_as_tensor(c) for c in bank_sim)
 
 
-def block_logsumexp(x: torch.Tensor, dim: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
-    """``torch.logsumexp(x, dim)`` with its one [rows, cols] temporary written into ``buffer`` when given.
-
-    Shifted by the maximum along ``dim`` so it cannot overflow; a slice that is all -inf gives -inf.
-    """
-    m = x.amax(dim, keepdim=True)
-    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # all -inf (or +inf) slices: avoid inf - inf
-    e = torch.sub(x, m, out=buffer[: x.shape[0], : x.shape[1]] if buffer is not None else None).exp_()
-    return e.sum(dim).log_().add_(m.squeeze(dim))
-
-
-# Chunked DSL shares one shift per tile, c = its maximum logit: pass 1 takes both the row and the column sums
-# from one exp(s - c), and pass 2 both directions' weights. A row or column more than SHARED_SHIFT_RANGE
-# below c is redone with its own shift, so no term that matters comes near float32's underflow at exp(-87).
+# Chunked DSL (``vtr.eval.evaluate._Dsl``) derives V2T's values from T2V's through per-video and per-caption
+# factors shifted by C, the matrix's largest logit. A video or caption whose lse is more than SHARED_SHIFT_RANGE
+# below C is computed directly, so no value that matters comes near float32's underflow at exp(-87).
 SHARED_SHIFT_RANGE = 30.0
-
-
-def tile_logsumexps(s: torch.Tensor, buffer: torch.Tensor | None = None, *, alpha: float = 1.0,
-                    shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``logsumexp(alpha * s, 0)``, ``logsumexp(alpha * s, 1)``) of a tile with one exp per element, not two.
-
-    ``shift`` is ``alpha * s.max()`` when the caller has it already; ``alpha`` turns ``s`` into logits.
-    """
-    c = alpha * s.max() if shift is None else shift
-    if not torch.isfinite(c):
-        logits = s * alpha
-        return block_logsumexp(logits, 0, buffer), block_logsumexp(logits, 1, buffer)
-    e = torch.add(-c, s, alpha=alpha, out=buffer[: s.shape[0], : s.shape[1]] if buffer is not None else None).exp_()
-    col_sum, row_sum = e.sum(0), e.sum(1)
-    floor = math.exp(-SHARED_SHIFT_RANGE)
-    low_cols = (col_sum < floor).nonzero().squeeze(1)
-    low_rows = (row_sum < floor).nonzero().squeeze(1)
-    per_col, per_row = col_sum.log_().add_(c), row_sum.log_().add_(c)
-    if len(low_cols):
-        per_col[low_cols] = block_logsumexp(s[:, low_cols] * alpha, 0)
-    if len(low_rows):
-        per_row[low_rows] = block_logsumexp(s[low_rows] * alpha, 1)
-    return per_col, per_row
-
-
-class RunningLogSumExp:
-    """``log(sum(exp(x)))`` per index over a stream of blocks, so the blocks never have to be held together."""
-
-    def __init__(self, n: int, device="cpu"):
-        self.value = torch.full((n,), float("-inf"), device=device)
-
-    def add(self, index: slice, block_value: torch.Tensor) -> None:
-        """Fold in the log-sum-exp of one more block of terms for the indices ``index``."""
-        self.value[index] = torch.logaddexp(self.value[index], block_value)
 
 
 class QueryBankStats:
     """QB-Norm's two statistics of a query bank against a gallery, gathered from blocks of bank scores.
 
-    - ``lse[g] = logsumexp_b(beta * s[b, g])``: the log denominator of the inverted softmax;
+    - ``lse[g] = logsumexp_b(beta * s[b, g])``: the log denominator of the inverted softmax, kept as
+      ``m[g] + r[g]`` with ``m[g] = beta * max_b s[b, g]`` (exact) and ``r[g]`` the log of the sum of
+      ``exp(beta * s[b, g] - m[g])``, in float64 and through ``snap_ties``: two gallery items whose bank scores
+      are the same numbers, or the same numbers plus a constant, get bit-equal ``r``;
     - ``active[g]``: gallery item g is in the top-k of at least one bank query (the activation set).
 
     Feed blocks with ``add(block, col0)``: a block holds the scores of some bank queries against gallery
     items ``col0 .. col0 + block.shape[1]``. A bank query's top-k needs its whole row, so the blocks of one
     group of bank rows must come as one sweep over the gallery, the first with ``col0 = 0``; a block with
     ``col0 = 0`` starts the next group. Ties in the top-1 go to the lowest gallery index (as ``argmax``);
-    for k > 1 ties are broken as ``torch.topk`` breaks them.
+    for k > 1 ties are broken as ``torch.topk`` breaks them. NaN or infinite scores raise ValueError.
     """
 
     def __init__(self, n_gallery: int, beta: float = 20.0, k: int = 1, device="cpu"):
         if not 1 <= k <= n_gallery:
             raise ValueError(f"k must be in [1, {n_gallery}], got {k}")
         self.n_gallery, self.beta, self.k = n_gallery, beta, k
-        self._lse = RunningLogSumExp(n_gallery, device)
+        self._max = torch.full((n_gallery,), float("-inf"), dtype=torch.float64, device=device)
+        self._sum = torch.zeros(n_gallery, dtype=torch.float64, device=device)  # of exp(beta * s - _max)
         self.active = torch.zeros(n_gallery, dtype=torch.bool, device=device)
         self.n_bank = 0
         self._top_val = self._top_idx = None  # running top-k of the current group of bank rows
 
     def add(self, block: torch.Tensor, col0: int = 0, buffer: torch.Tensor | None = None) -> None:
+        """Fold in one block; ``buffer``, a float64 tensor of at least the block's size, spares an allocation."""
         if block.ndim != 2 or col0 < 0 or col0 + block.shape[1] > self.n_gallery:
             raise ValueError(f"bank scores must have {self.n_gallery} gallery columns, got shape "
                              f"{tuple(block.shape)} at column {col0}")
         if len(block) == 0:
             return
+        if not torch.isfinite(block.sum()) and not torch.isfinite(block).all():
+            raise ValueError(NONFINITE_SCORES)
         if col0 == 0:
             self._close_rows()
             self.n_bank += len(block)
         elif self._top_val is None or len(self._top_val) != len(block):
             raise ValueError("bank blocks must sweep the gallery from column 0 for each group of bank rows")
         cols = slice(col0, col0 + block.shape[1])
-        out = buffer[: block.shape[0], : block.shape[1]] if buffer is not None else None
-        scaled = torch.mul(block, self.beta, out=out)
-        self._lse.add(cols, block_logsumexp(scaled, 0, buffer))
+        if buffer is None or buffer.dtype != torch.float64 or buffer.numel() < block.numel():
+            buffer = torch.empty(block.numel(), dtype=torch.float64, device=block.device)
+        z = buffer.view(-1)[: block.numel()].view(block.shape).copy_(block).mul_(self.beta)  # exact for beta=20
+        old = self._max[cols]
+        new = torch.maximum(old, z.amax(0))
+        self._sum[cols] = self._sum[cols] * torch.exp(old - new) + z.sub_(new).exp_().sum(0)
+        self._max[cols] = new
         self._merge_top(block, col0)
 
     def _merge_top(self, block: torch.Tensor, col0: int) -> None:
@@ -173,12 +190,17 @@ class QueryBankStats:
             self.active[self._top_idx.flatten()] = True
         self._top_val = self._top_idx = None
 
-    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lse [n_gallery], active [n_gallery] bool) once every bank block has been added."""
+    def finish_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(m, r, active): ``lse = m + r`` in the tie-keeping split (see the class docstring), float64."""
         self._close_rows()
         if self.n_bank == 0:
             raise ValueError("the query bank is empty")
-        return self._lse.value, self.active
+        return self._max, snap_ties(self._sum.log()), self.active
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lse [n_gallery] float64, active [n_gallery] bool) once every bank block has been added."""
+        m, r, active = self.finish_parts()
+        return m + r, active
 
 
 def qbnorm(sim, bank_sim, beta: float = 20.0, k: int = 1, chunk: int = BANK_CHUNK) -> torch.Tensor:
@@ -198,8 +220,11 @@ def qbnorm(sim, bank_sim, beta: float = 20.0, k: int = 1, chunk: int = BANK_CHUN
     Defaults beta=20, k=1 are the paper's. beta is an inverse temperature for cosine-scale scores, so
     pass scores in that range (divide logits by the model's logit scale). Not transductive: only the
     bank, never the other test queries, affects a query's scores.
+
+    Returned in float64, the normalised rows as ``(beta * s - m) - r`` (``QueryBankStats``): float32 would
+    round values near 60 to steps of 4e-6, merging and splitting ties. NaN or infinite scores raise ValueError.
     """
-    s = _as_tensor(sim)
+    s = _finite(sim)
     if s.ndim != 2:
         raise ValueError(f"sim must be 2-D (queries x gallery), got shape {tuple(s.shape)}")
     stats = QueryBankStats(s.shape[1], beta, k)
@@ -207,8 +232,9 @@ def qbnorm(sim, bank_sim, beta: float = 20.0, k: int = 1, chunk: int = BANK_CHUN
         if block.ndim != 2 or block.shape[1] != s.shape[1]:
             raise ValueError(f"bank scores must have {s.shape[1]} gallery columns, got shape {tuple(block.shape)}")
         stats.add(block)
-    lse, active = stats.finish()
-    normalised = beta * s - lse
+    m, r, active = stats.finish_parts()
+    s = s.double()
+    normalised = (beta * s - m) - r
     use = active[s.argmax(dim=1)]  # rows whose top-1 gallery item is in the activation set
     return torch.where(use[:, None], normalised, s)
 

@@ -182,17 +182,21 @@ def test_dsl_tile_values_match_the_direct_form_wherever_they_matter():
     score.alpha = 1.0
     pass1 = evaluate_module._dsl_pass1(score, blocks, 9, 7)
     sorted_s = s[blocks.order]
-    assert torch.allclose(pass1.lse_v, torch.logsumexp(sorted_s, 0))
-    assert torch.allclose(pass1.lse_t, torch.logsumexp(sorted_s, 1))
+    assert pass1.lse_v.dtype == pass1.lse_t.dtype == torch.float64  # summed in float64 (ties: test_eval_ties.py)
+    assert torch.allclose(pass1.lse_v.float(), torch.logsumexp(sorted_s, 0))
+    assert torch.allclose(pass1.lse_t.float(), torch.logsumexp(sorted_s, 1))
     dsl = evaluate_module._Dsl(pass1, 9, 7)
     rows, cols = blocks.texts(0), blocks.videos(0)
     own = torch.as_tensor(blocks.text_video[rows])
     dsl.begin(sorted_s, 0, 0, rows, cols, own, evaluate_module._Buffers("cpu"))
     zone = 100.0 * math.exp(-57.0)
     far_row = int(np.flatnonzero(blocks.order == 6)[0])
-    for got, want, far in ((dsl.t2v(sorted_s, rows, cols, None).clone(), dsl_direct(sorted_s, pass1.lse_v),
+    # A caption (video) ranked with the direct form is scaled by one factor per row (column): the same order.
+    lse_v = pass1.lse_v.float() + torch.where(dsl.direct_t, dsl.k_t, 0.0)[:, None]
+    lse_t = pass1.lse_t.float()[:, None] + torch.where(dsl.direct_v, dsl.k_v, 0.0)
+    for got, want, far in ((dsl.t2v(sorted_s, rows, cols, None).clone(), dsl_direct(sorted_s, lse_v),
                             (slice(None), 4)),
-                           (dsl.v2t(sorted_s, rows, cols, None).clone(), dsl_direct(sorted_s, pass1.lse_t[:, None]),
+                           (dsl.v2t(sorted_s, rows, cols, None).clone(), dsl_direct(sorted_s, lse_t),
                             (far_row, slice(None)))):
         matters = want.abs() >= zone
         assert matters[far].sum() >= 6 and matters.sum() > 40  # the far video (T2V), caption (V2T) matter

@@ -3,6 +3,12 @@ import torch
 
 from vtr.eval.rescore import dsl, dsl_t2v, dsl_v2t, qbnorm, qbnorm_t2v, qbnorm_v2t
 
+
+def close(a, b, **tolerances) -> bool:
+    """``torch.allclose`` across dtypes: the whole-matrix re-scorings return float64."""
+    return torch.allclose(torch.as_tensor(a).double(), torch.as_tensor(b).double(), **tolerances)
+
+
 # Video 0 is a hub: top-1 for every text, though texts 1 and 2 belong to videos 1 and 2.
 HUB = torch.tensor([[3.0, 1.0, 1.0],
                     [3.0, 2.5, 1.0],
@@ -13,7 +19,7 @@ def test_dsl_2x2_hand_values():
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     # column softmax: [e/(e+1), 1/(e+1)] = [0.731059, 0.268941]; times S times 2 rows
     expected = torch.tensor([[1 * 0.731059 * 2, 0.0], [0.0, 1 * 0.731059 * 2]])
-    assert torch.allclose(dsl(s), expected, atol=1e-5)
+    assert close(dsl(s), expected, atol=1e-5)
 
 
 def test_dsl_demotes_hub_video():
@@ -26,23 +32,23 @@ def test_dsl_demotes_hub_video():
     expected = torch.tensor([[3.0, 0.462842, 0.462842],
                              [3.0, 5.185788, 0.462842],
                              [3.0, 0.462842, 5.185788]])
-    assert torch.allclose(out, expected, atol=1e-5)
+    assert close(out, expected, atol=1e-5)
     assert out.argmax(1).tolist() == [0, 1, 2]
 
 
 def test_dsl_v2t_softmax_over_videos():
     out = dsl_v2t(HUB)
     assert out.shape == HUB.shape  # texts x videos, ready for v2t_ranks
-    assert torch.allclose(out, dsl(HUB.T).T)
+    assert close(out, dsl(HUB.T).T)
     # text 0 row: softmax over videos of (3, 1, 1) = [e^3, e, e] / (e^3 + 2e) = [0.786986, 0.106507, 0.106507]
     # times S times 3 videos: [3 * 0.786986 * 3, 1 * 0.106507 * 3, same] = [7.082874, 0.319521, 0.319521]
-    assert torch.allclose(out[0], torch.tensor([7.082874, 0.319521, 0.319521]), atol=1e-5)
+    assert close(out[0], torch.tensor([7.082874, 0.319521, 0.319521]), atol=1e-5)
 
 
 def test_dsl_temperature_and_numpy_input():
     # A huge temperature makes the softmax uniform (1/M), so S' = S * 1/M * M = S.
-    assert torch.allclose(dsl(HUB, temperature=1e9), HUB, atol=1e-5)
-    assert torch.allclose(dsl(HUB.numpy()), dsl(HUB))
+    assert close(dsl(HUB, temperature=1e9), HUB, atol=1e-5)
+    assert close(dsl(HUB.numpy()), dsl(HUB))
 
 
 BANK = torch.tensor([[0.9, 0.1, 0.2],   # top-1: gallery item 0
@@ -59,15 +65,15 @@ QUERIES = torch.tensor([[0.7, 0.6, 0.2],   # top-1 is item 0, in A  -> normalise
 def test_qbnorm_hand_example():
     out = qbnorm(QUERIES, BANK, beta=1.0, k=1)
     # row 0: [.7 - 1.544397, .6 - .898139, .2 - .844397] = [-0.844397, -0.298139, -0.644397]: hub 0 demoted
-    assert torch.allclose(out[0], torch.tensor([-0.844397, -0.298139, -0.644397]), atol=1e-5)
+    assert close(out[0], torch.tensor([-0.844397, -0.298139, -0.644397]), atol=1e-5)
     assert out[0].argmax().item() == 1
-    assert torch.equal(out[1], QUERIES[1])
+    assert torch.equal(out[1], QUERIES[1].double())
 
 
 def test_qbnorm_k2_activates_more_items():
     # k = 2: bank row 0 top-2 = {0, 2}, row 1 top-2 = {0, 1} -> A = {0, 1, 2}: row 1 is normalised too.
     out = qbnorm(QUERIES, BANK, beta=1.0, k=2)
-    assert torch.allclose(out[1], QUERIES[1] - LSE, atol=1e-5)  # [-1.444397, -0.698139, -0.344397]
+    assert close(out[1], QUERIES[1] - LSE, atol=1e-5)  # [-1.444397, -0.698139, -0.344397]
 
 
 def test_qbnorm_default_beta_matches_inverted_softmax_and_chunks():
@@ -78,19 +84,19 @@ def test_qbnorm_default_beta_matches_inverted_softmax_and_chunks():
     active = torch.zeros(5, dtype=torch.bool)
     active[bank.argmax(1)] = True
     use = active[q.argmax(1)]
-    assert torch.allclose(out[use], inverted[use], atol=1e-4)
-    assert torch.equal(out[~use], q[~use])
+    assert close(out[use], inverted[use], atol=1e-4)
+    assert torch.equal(out[~use], q[~use].double())
     # The bank may come in blocks; the result must not depend on the block size.
-    assert torch.allclose(qbnorm(q, bank, chunk=3), out, atol=1e-5)
-    assert torch.allclose(qbnorm(q, iter([bank[:7], bank[7:]])), out, atol=1e-5)
+    assert close(qbnorm(q, bank, chunk=3), out, atol=1e-5)
+    assert close(qbnorm(q, iter([bank[:7], bank[7:]])), out, atol=1e-5)
 
 
 def test_qbnorm_directions_and_errors():
     texts_x_videos = QUERIES.T  # 3 texts x 2 videos; V2T queries are the 2 videos
     out = qbnorm_v2t(texts_x_videos, BANK, beta=1.0)
     assert out.shape == texts_x_videos.shape
-    assert torch.allclose(out, qbnorm(QUERIES, BANK, beta=1.0).T)
-    assert torch.allclose(qbnorm_t2v(QUERIES, BANK, beta=1.0), qbnorm(QUERIES, BANK, beta=1.0))
+    assert close(out, qbnorm(QUERIES, BANK, beta=1.0).T)
+    assert close(qbnorm_t2v(QUERIES, BANK, beta=1.0), qbnorm(QUERIES, BANK, beta=1.0))
     with pytest.raises(ValueError, match="gallery columns"):
         qbnorm(QUERIES, BANK[:, :2])
     with pytest.raises(ValueError, match="empty"):
@@ -99,21 +105,31 @@ def test_qbnorm_directions_and_errors():
         qbnorm(QUERIES, BANK, k=4)
 
 
-def test_tile_logsumexps_one_exp_and_far_below_rows_and_columns():
-    from vtr.eval.rescore import tile_logsumexps
+def test_whole_matrix_rescorings_are_float64_and_keep_ties():
+    """Columns holding the same numbers in another order get the same lse, so equal scores stay equal."""
+    s = torch.tensor([[3.0, 0.5, 1.0], [0.5, 1.0, 0.5], [1.0, 3.0, 3.0]])  # columns 0, 1, 2: permutations
+    out = dsl(s)
+    assert out.dtype == torch.float64
+    assert out[0, 0] == out[2, 1] == out[2, 2] and out[1, 0] == out[0, 1]
+    q = torch.tensor([[0.25, 0.5, 0.25]])
+    bank = torch.tensor([[0.5, 0.25, 0.5], [0.25, 0.5, 0.25]])  # columns 0 and 1 hold the same numbers
+    out = qbnorm(q, bank, k=2)
+    assert out.dtype == torch.float64 and out[0, 0] == out[0, 2] != out[0, 1]
 
+
+def test_snap_ties_and_logsumexp_tie_safe():
+    from vtr.eval.rescore import TIE_TOLERANCE, logsumexp_tie_safe, snap_ties
+
+    v = torch.tensor([5.0, 5.0 * (1 + TIE_TOLERANCE / 4), 1.0, 5.0 * (1 + 4 * TIE_TOLERANCE), float("inf"),
+                      float("inf"), 1.0 + 1e-9], dtype=torch.float64)
+    out = snap_ties(v)
+    assert out.tolist() == [5.0, 5.0, 1.0, v[3].item(), float("inf"), float("inf"), 1.0 + 1e-9]
     torch.manual_seed(0)
-    s = torch.randn(60, 40) * 5
-    s[3] -= 80.0  # a row far below the tile's maximum: its shared-shift terms would underflow
-    s[:, 7] -= 95.0  # a column too
-    s[10, 10] = 90.0
-    per_col, per_row = tile_logsumexps(s)
-    assert torch.allclose(per_col, torch.logsumexp(s, 0), rtol=1e-6, atol=1e-5)
-    assert torch.allclose(per_row, torch.logsumexp(s, 1), rtol=1e-6, atol=1e-5)
-    assert torch.isfinite(per_row[3]) and torch.isfinite(per_col[7])
-    per_col, per_row = tile_logsumexps(s / 4, alpha=4.0)  # scores that alpha turns into the logits
-    assert torch.allclose(per_col, torch.logsumexp(s, 0), rtol=1e-6, atol=1e-5)
-    assert torch.allclose(per_row, torch.logsumexp(s, 1), rtol=1e-6, atol=1e-5)
+    x = torch.randn(200, 5) * 30
+    x[:, 3] = x[torch.randperm(200), 1]  # column 3: column 1 in another order
+    lse = logsumexp_tie_safe(x, 0)
+    assert lse.dtype == torch.float64 and lse[3] == lse[1]
+    assert close(lse, torch.logsumexp(x.double(), 0), rtol=1e-12)
 
 
 def test_dsl_direct_ranks_as_a_tile_of_dsl():
@@ -127,8 +143,8 @@ def test_dsl_direct_ranks_as_a_tile_of_dsl():
     tile = raw[2:6, 1:4]
     t2v = dsl_direct(tile, torch.logsumexp(s, 0)[1:4], alpha=100.0) * 100 * 7
     v2t = dsl_direct(tile, torch.logsumexp(s, 1)[2:6, None], alpha=100.0) * 100 * 5
-    assert torch.allclose(t2v, whole_t2v[2:6, 1:4], rtol=1e-5)
-    assert torch.allclose(v2t, whole_v2t[2:6, 1:4], rtol=1e-5)
+    assert close(t2v, whole_t2v[2:6, 1:4], rtol=1e-5)
+    assert close(v2t, whole_v2t[2:6, 1:4], rtol=1e-5)
 
 
 
@@ -147,8 +163,8 @@ def test_query_bank_stats_from_column_tiles_equal_whole_rows():
             for c in range(0, 11, 3):
                 tiled.add(bank[r : r + 4, c : c + 3], c)
         lse_t, active_t = tiled.finish()
-        assert torch.allclose(lse_t, lse, atol=1e-5) and torch.equal(active_t, active)
-        assert torch.allclose(lse, torch.logsumexp(20 * bank, 0), atol=1e-4)
+        assert close(lse_t, lse, rtol=1e-12) and torch.equal(active_t, active)
+        assert close(lse, torch.logsumexp(20 * bank, 0), atol=1e-4)
         if k == 1:
             assert torch.equal(active.nonzero().squeeze(1).unique(), bank.argmax(1).unique())
     # A tie for the top-1 across two tiles: the lowest gallery index wins, as argmax does.
