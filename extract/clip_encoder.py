@@ -3,11 +3,13 @@
 Three ways to name a model (``--clip``):
 
 - an OpenAI name (``ViT-B/32``, ``ViT-B/16``, ``RN50``, ...): the weights file in the clip package's cache
-  folder (``~/.cache/clip``, or ``--clip-cache``), checked against the SHA256 in OpenAI's URL. vtr never
-  downloads: a missing file is a `ClipWeightsMissing` error that says where to put it.
-- a path to a checkpoint: an OpenAI JIT archive or state dict (as ``clip.load`` takes), or a dict
-  ``{"config": {CLIP(...) keyword arguments}, "state_dict": ...}`` for custom sizes, whose head counts
-  ``clip.model.build_model`` would otherwise re-infer wrongly as width // 64.
+  folder (``~/.cache/clip``, or ``--clip-cache``), checked against the SHA256 in OpenAI's URL; a missing
+  one is downloaded there first, as ``clip.load`` does (`vtr.extract.weights`), unless downloads are off
+  (``--offline``, ``VTR_OFFLINE=1``): then a `ClipWeightsMissing` error says where to put it.
+- a path to a checkpoint: an OpenAI JIT archive or state dict (as ``clip.load`` takes), a safetensors state
+  dict, or a dict ``{"config": {CLIP(...) keyword arguments}, "state_dict": ...}`` for custom sizes, whose
+  head counts ``clip.model.build_model`` would otherwise re-infer wrongly as width // 64. Each is read as
+  plain data (`vtr.safe_load`): a file that holds Python objects is refused, never unpickled.
 - ``random:tiny`` / ``random:ViT-B/32`` (optionally ``random:tiny:SEED``): randomly initialised weights of
   that shape, for offline tests and the demo. Its embeddings carry information about the pixels and the
   tokens, but the two towers share no embedding space: zero-shot retrieval with it is at chance, and no
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,10 @@ import numpy as np
 import torch
 
 from vtr.device import resolve_device
+# ClipWeightsMissing, default_clip_cache and sha256_file are also imported from here by callers.
+from vtr.extract.weights import (ClipWeightsMissing, clip_model_urls, clip_weights,  # noqa: F401
+                                 default_clip_cache, sha256_file)
+from vtr.safe_load import LoadError, is_torchscript, load_safetensors, load_torch, load_torchscript_state
 
 # CLIP's image normalisation (OpenAI's preprocessing).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -100,10 +105,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-class ClipWeightsMissing(RuntimeError):
-    """The named CLIP weights are not on this machine (and vtr does not download)."""
-
-
 def _import_clip():
     import warnings
 
@@ -112,18 +113,6 @@ def _import_clip():
         import clip
         import clip.model
     return clip
-
-
-def default_clip_cache() -> Path:
-    return Path(os.environ.get("VTR_CLIP_CACHE", Path.home() / ".cache" / "clip"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -302,29 +291,37 @@ def build_random(arch: str, seed: int = 0):
 
 
 def _load_checkpoint(path: Path):
+    """A CLIP from a checkpoint file, read as plain data only (see the module doc); `LoadError` otherwise."""
     clip = _import_clip()
+    if is_torchscript(path):  # OpenAI's files: keep the weights, rebuild eager CLIP (clip.load(jit=False))
+        obj = load_torchscript_state(path)
+    elif path.suffix == ".safetensors":
+        obj = load_safetensors(path)[0]
+    else:
+        obj = load_torch(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        obj = None  # maybe a JIT archive: clip.load reads those
-    if isinstance(obj, dict) and "config" in obj and "state_dict" in obj:
-        model = clip.model.CLIP(**obj["config"])
-        model.load_state_dict(obj["state_dict"])
-        return model
-    try:
-        model, _ = clip.load(str(path), device="cpu", jit=False)
-    except Exception as e:
-        raise RuntimeError(f"{path}: not a CLIP checkpoint clip.load can read ({e})") from e
-    return model
+        if isinstance(obj, dict) and "config" in obj and "state_dict" in obj:
+            model = clip.model.CLIP(**obj["config"])
+            model.load_state_dict(obj["state_dict"])
+            return model
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return clip.model.build_model(dict(obj))  # in fp16, as OpenAI's weights are; _finish casts
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise LoadError(f"{path}: not a CLIP checkpoint ({type(e).__name__}: {why})") from None
+    raise LoadError(f"{path}: not a CLIP checkpoint (expected a TorchScript archive, a state dict, or "
+                    "{\"config\", \"state_dict\"})")
 
 
 def load_clip(spec: str, device: str = "auto", download_root: str | Path | None = None,
-              precision: str = "auto") -> ClipEncoder:
+              precision: str = "auto", *, offline: bool | None = None, progress: bool = True,
+              log=None) -> ClipEncoder:
     """Load a frozen CLIP by OpenAI name, checkpoint path or ``random:SHAPE[:SEED]`` (see the module doc).
 
     ``precision`` is one of `PRECISIONS` (see `resolve_precision`); checked before any weights are read.
+    An OpenAI name whose file is missing is downloaded into ``download_root`` unless ``offline`` (None:
+    the ``VTR_OFFLINE`` environment variable decides); ``progress`` shows the download's bar.
     """
-    clip = _import_clip()
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if spec.startswith("random:"):
@@ -333,28 +330,15 @@ def load_clip(spec: str, device: str = "auto", download_root: str | Path | None 
         digest = _state_sha256(model)  # of CLIP's own weights, before _finish fuses some
         return ClipEncoder(_finish(model, dev, prec), spec, digest, True, dev, prec)
 
-    if spec in clip.available_models():
-        url = clip.clip._MODELS[spec]
-        root = Path(download_root) if download_root else default_clip_cache()
-        path = root / os.path.basename(url)
-        expected = url.split("/")[-2]  # OpenAI put each file's SHA256 in its URL
-        if not path.is_file():
-            raise ClipWeightsMissing(
-                f"CLIP weights for {spec} are not on this machine (looked for {path}), and vtr does not "
-                f"download them. Copy OpenAI's file {os.path.basename(url)} there (or set --clip-cache / "
-                f"VTR_CLIP_CACHE to its folder), or pass --clip /path/to/checkpoint.pt. For an offline run "
-                f"whose numbers mean nothing for real retrieval, use --clip random:tiny."
-            )
-        digest = sha256_file(path)
-        if digest != expected:
-            raise ClipWeightsMissing(f"{path}: SHA256 {digest[:12]}... does not match OpenAI's {expected[:12]}... "
-                                     f"for {spec}; the file is damaged or another model")
+    names = clip_model_urls()
+    if spec in names:
+        path, digest = clip_weights(spec, download_root, offline=offline, progress=progress, log=log)
         return ClipEncoder(_finish(_load_checkpoint(path), dev, prec), spec, digest, False, dev, prec)
 
     path = Path(spec).expanduser()
     if path.is_file():
         return ClipEncoder(_finish(_load_checkpoint(path), dev, prec), str(path), sha256_file(path), False, dev, prec)
     raise ClipWeightsMissing(
-        f"--clip {spec}: neither an OpenAI model name ({', '.join(clip.available_models())}), "
+        f"--clip {spec}: neither an OpenAI model name ({', '.join(names)}), "
         f"nor an existing checkpoint file, nor random:SHAPE ({', '.join(RANDOM_ARCHS)})"
     )

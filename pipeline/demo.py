@@ -17,7 +17,7 @@ DEMO_PRECISION = "fp32"  # not "auto": the same table on every CPU (bf16 where a
 HEADS = ("seqTransf", "camoe")  # the baseline, then the paper's head
 
 WHY = """\
-Why the rows look like this: no CLIP weights can be downloaded here, so the demo runs a randomly
+Why the rows look like this: the demo runs offline and downloads nothing, so it uses a randomly
 initialised CLIP ({clip}). Its image and text towers share no embedding space, so zero-shot retrieval
 is at chance (R@1 about {chance:.1f}% with {n} test videos). The trained heads learn the alignment from the
 training split's cached features alone (CLIP stays frozen), so their rows sit far above chance; CAMoE

@@ -133,6 +133,7 @@ class ShardJob:
     # CLIP's --precision, as the user gave it: "auto" is resolved by each worker for its own hardware
     # (fp16 on a GPU, bf16 on a CPU with bfloat16 instructions); an explicit one is used everywhere.
     precision: str = "auto"
+    offline: bool | None = None  # --offline: never download CLIP weights (None: each worker's VTR_OFFLINE decides)
     dataset_options: dict = field(default_factory=dict)  # load_dataset's: annotations, split_variant, ...
     extract_options: dict = field(default_factory=dict)  # run_extract's: fps, max_frames, workers, ...
 
@@ -146,7 +147,8 @@ class ShardJob:
         from vtr.extract.clip_encoder import load_clip
 
         dataset = self.load_dataset()
-        encoder = load_clip(self.clip, device=self.device, download_root=self.clip_cache, precision=self.precision)
+        encoder = load_clip(self.clip, device=self.device, download_root=self.clip_cache, precision=self.precision,
+                            offline=self.offline, progress=progress, log=log)
         return extract_shard(dataset, encoder, self.out, i, n, progress=progress, log=log, **self.extract_options)
 
 

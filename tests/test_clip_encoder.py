@@ -9,6 +9,7 @@ import torch
 import vtr.extract.clip_encoder as clip_encoder
 from vtr.device import resolve_device
 from vtr.extract.clip_encoder import RANDOM_ARCHS, ClipWeightsMissing, build_random, load_clip, resolve_precision
+from vtr.safe_load import LoadError
 
 CAPTIONS = ["a man is slicing a tomato in the kitchen",
             "a red circle moves to the left on the grass",
@@ -62,7 +63,8 @@ def test_random_models_are_seeded_and_labelled():
 
 
 def test_missing_openai_weights_say_where_to_put_them(tmp_path):
-    with pytest.raises(ClipWeightsMissing, match=r"ViT-B-32\.pt.*random:tiny"):
+    # offline (the tests' conftest sets VTR_OFFLINE=1): downloading is tested in test_weights_download.py
+    with pytest.raises(ClipWeightsMissing, match=r"downloads are off \(VTR_OFFLINE=1\).*ViT-B-32\.pt.*random:tiny"):
         load_clip("ViT-B/32", download_root=tmp_path)
     (tmp_path / "ViT-B-32.pt").write_bytes(b"not the weights")
     with pytest.raises(ClipWeightsMissing, match="SHA256"):
@@ -81,8 +83,36 @@ def test_local_checkpoints_load(tmp_path):
     np.testing.assert_array_equal(enc.encode_frames(x), load_clip("random:tiny:3").encode_frames(x))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="bad.pt"):
+    with pytest.raises(LoadError, match="bad.pt is truncated or not a checkpoint"):
         load_clip(str(bad))
+
+
+# A CLIP small enough to trace in a second, with head counts build_model infers (width // 64).
+SMALL = dict(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")  # tracing, deprecated
+def test_openai_formats_load_without_unpickling_code(tmp_path):
+    """What clip.load(jit=False) reads: a TorchScript archive (OpenAI's files: torch.jit.load, then its
+    weights), a state dict (torch.load with weights_only=True), and a safetensors state dict. Each gives
+    the model clip.model.build_model makes of the same weights; captions match it bit for bit."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = clip.model.CLIP(**SMALL).eval()
+    want = clip.model.build_model(model.state_dict()).float().eval()
+    tokens = clip.tokenize(CAPTIONS)
+    traced = torch.jit.trace(model, (torch.zeros(1, 3, 32, 32), tokens[:1]), check_trace=False)
+    torch.jit.save(traced, tmp_path / "jit.pt")
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "state.safetensors")
+    with torch.no_grad():
+        expected = want.encode_text(tokens)
+        for name in ("jit.pt", "state.pt", "state.safetensors"):
+            enc = load_clip(str(tmp_path / name), device="cpu", precision="fp32")
+            assert not enc.is_random and (enc.resolution, enc.dim) == (32, 64)
+            assert torch.equal(enc.model.encode_text(tokens), expected), name
 
 
 def test_image_mlps_fused_equal_clips_own_and_text_untouched(tiny_clip):

@@ -138,7 +138,7 @@ def test_shards_cover_the_batch_in_order():
 
 def test_two_processes_give_the_one_process_loss_and_gradients(session):
     out, _ = session
-    ranks = [torch.load(out / f"grads{r}.pt", weights_only=False) for r in range(2)]
+    ranks = [torch.load(out / f"grads{r}.pt", weights_only=True) for r in range(2)]
     for model, loss, options in CASES:
         for n in BATCH_SIZES:
             frames, mask, text = make_batch(n)
@@ -159,7 +159,7 @@ def test_fit_with_two_processes_matches_one_process(session, tmp_path):
     fit_tensors(data, tmp_path / "one", E2E, cache_path="small.h5", progress=False, log=lambda s: None)
 
     two = out / "two"
-    for name in ("config.json", "last.pt", "best.pt", "log.jsonl", "curves.png"):
+    for name in ("config.json", "last.safetensors", "best.safetensors", "log.jsonl", "curves.png"):
         assert (two / name).is_file(), name
     assert not list(two.glob(".*tmp*"))
     # Rank 0 alone logged (and wrote); rank 1 said nothing. The second call resumed after epoch 1, with
@@ -202,6 +202,7 @@ def write_cache(data: CacheTensors, path):
     return path
 
 
+@pytest.mark.slow  # launches 2 training processes, twice
 def test_cli_nproc(tmp_path, capfd):
     cache = write_cache(small_cache(), tmp_path / "small.h5")
     args = ["fit", "--cache", str(cache), "--run", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "32",
@@ -211,7 +212,7 @@ def test_cli_nproc(tmp_path, capfd):
     assert r.output.strip() == f"run folder: {tmp_path / 'run'}"
     workers = capfd.readouterr().err  # the worker processes write to the inherited stderr
     assert workers.count("epoch 1/1") == 1 and "2 processes" in workers  # rank 0 alone logs
-    assert (tmp_path / "run" / "last.pt").is_file()
+    assert (tmp_path / "run" / "last.safetensors").is_file()
 
     # A run folder holding another run is refused on every rank (rank 0 reads it and tells the others),
     # and the error reaches the user as one clear line.

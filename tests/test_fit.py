@@ -12,7 +12,8 @@ from vtr.eval.evaluate import encode_all, score_matrix
 from vtr.records import CacheTensors
 from vtr.train.fit import FitConfig, captions_by_video, epoch_batches, fit_tensors, train_captions
 from vtr.train.heads import MeanP
-from vtr.train.runs import latest_run, load_run
+from vtr.safe_load import LoadError
+from vtr.train.runs import latest_run, load_run, read_best, read_last
 
 D, T = 32, 6
 
@@ -61,8 +62,8 @@ def t2v(head, data, split):
     return metrics.retrieval_metrics(metrics.t2v_ranks(score_matrix(head, t, gate, v), part.text_video))
 
 
-def weights(run_dir, name="last.pt"):
-    return torch.load(run_dir / name, weights_only=True)["head"]
+def weights(run_dir, which="last"):
+    return read_last(run_dir)["head"] if which == "last" else read_best(run_dir)[1]["head"]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_trained_head_beats_zero_shot_and_chance(data, trained):
 
 def test_run_folder_contents(trained):
     run, lines = trained
-    for name in ("config.json", "last.pt", "best.pt", "log.jsonl", "curves.png"):
+    for name in ("config.json", "last.safetensors", "best.safetensors", "log.jsonl", "curves.png"):
         assert (run / name).is_file(), name
     record = json.loads((run / "config.json").read_text())
     assert record["fit"]["epochs"] == 12 and record["cache"]["path"] == "synthetic.h5"
@@ -128,7 +129,7 @@ def test_best_checkpoint_is_best_val_epoch_and_reloads_to_its_scores(data, train
 def test_only_head_parameters_are_saved_and_optimised(trained):
     run, _ = trained
     head, _, _ = load_run(run)
-    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt = read_last(run)
     assert set(ckpt["head"]) == set(head.state_dict())
     saved = [p for g in ckpt["optimizer"]["param_groups"] for p in g["params"]]
     assert len(saved) == len(list(head.parameters()))
@@ -138,12 +139,12 @@ def test_only_head_parameters_are_saved_and_optimised(trained):
 
 def test_complete_run_does_nothing(data, trained):
     run, _ = trained
-    before = (run / "last.pt").stat().st_mtime_ns
+    before = (run / "last.safetensors").stat().st_mtime_ns
     lines = []
     fit_tensors(data, run, FitConfig(epochs=12, **QUICK), cache_path="synthetic.h5", progress=False,
                 log=lines.append)
     assert "already complete" in lines[-1]
-    assert (run / "last.pt").stat().st_mtime_ns == before
+    assert (run / "last.safetensors").stat().st_mtime_ns == before
 
 
 def test_resume_extends_exactly(data, tmp_path):
@@ -168,7 +169,7 @@ def test_resume_after_kill_is_exact_with_cosine(data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         fit_tensors(data, tmp_path / "a", cfg, progress=False, log=killed_after_epoch_2)
-    assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["epoch"] == 2
+    assert read_last(tmp_path / "a")["epoch"] == 2
     fit_tensors(data, tmp_path / "a", cfg, progress=False, log=lambda s: None)
     fit_tensors(data, tmp_path / "b", cfg, progress=False, log=lambda s: None)
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
@@ -203,7 +204,7 @@ def test_without_val_split_best_is_last(data, tmp_path):
     no_val = synthetic_cache(n_val=0)
     fit_tensors(no_val, tmp_path, FitConfig(epochs=2, head_options={"layers": 1}, **QUICK), progress=False,
                 log=lambda s: None)
-    best, last = weights(tmp_path, "best.pt"), weights(tmp_path)
+    best, last = weights(tmp_path, "best"), weights(tmp_path)
     assert all(torch.equal(best[k], last[k]) for k in last)
     info = load_run(tmp_path)[2]
     assert info["epoch"] == 2 and info["val"] is None and info["cache_path"] == ""
@@ -238,9 +239,91 @@ def test_load_and_latest_run_errors(tmp_path, trained):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load_run(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({}))
-    with pytest.raises(FileNotFoundError, match="no best.pt"):
+    with pytest.raises(LoadError, match="config.json is not a vtr run config"):
+        load_run(tmp_path)
+    run, _ = trained
+    (tmp_path / "config.json").write_text((run / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no best.safetensors"):
         load_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="no finished run"):
         latest_run(tmp_path / "nothing")
-    run, _ = trained
     assert latest_run(run.parent) == run
+
+
+# ----------------------------------------------------------------------------- the run folder's files
+
+
+def test_run_folder_is_plain_data(trained):
+    """best.safetensors is the head's state dict as any safetensors reader sees it; last.safetensors holds
+    the optimizer state as tensors and the rest in a JSON header: no pickle anywhere in the folder."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    run, _ = trained
+    head, _, info = load_run(run)
+    best = load_file(run / "best.safetensors")
+    assert set(best) == set(head.state_dict())
+    assert all(torch.equal(best[k], v) for k, v in head.state_dict().items())
+    with safe_open(str(run / "last.safetensors"), "pt") as f:
+        header = json.loads(f.metadata()["vtr_state"])
+        assert any(k.startswith("optimizer/state/") for k in f.keys())
+    assert header["state"]["epoch"] == 12 and len(header["state"]["history"]) == 12
+    assert not list(run.glob("*.pt"))
+
+
+def _to_legacy(run):
+    """Rewrite a run folder as vtr wrote it before safetensors: best.pt and last.pt (torch.save)."""
+    best = read_best(run)[1]
+    torch.save({"head": best["head"], "epoch": best["epoch"], "val": best["val"]}, run / "best.pt")
+    torch.save(read_last(run), run / "last.pt")
+    (run / "best.safetensors").unlink()
+    (run / "last.safetensors").unlink()
+
+
+def test_runs_of_earlier_versions_load_and_resume_exactly(data, tmp_path):
+    """best.pt / last.pt of an earlier vtr are read through torch.load(weights_only=True): eval loads them,
+    and a resume continues exactly, replacing them with the safetensors files."""
+    cfg = dict(QUICK, head_options={"layers": 1, "dropout": 0.1})
+    fit_tensors(data, tmp_path / "a", FitConfig(epochs=2, **cfg), progress=False, log=lambda s: None)
+    new_best = weights(tmp_path / "a", "best")
+    _to_legacy(tmp_path / "a")
+    head, _, info = load_run(tmp_path / "a")
+    assert info["checkpoint"].endswith("best.pt") and info["epoch"] in (1, 2)
+    assert all(torch.equal(head.state_dict()[k], new_best[k]) for k in new_best)
+    assert latest_run(tmp_path) == tmp_path / "a"
+
+    fit_tensors(data, tmp_path / "a", FitConfig(epochs=4, **cfg), progress=False, log=lambda s: None)
+    fit_tensors(data, tmp_path / "b", FitConfig(epochs=4, **cfg), progress=False, log=lambda s: None)
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert not (tmp_path / "a" / "last.pt").exists() and (tmp_path / "a" / "last.safetensors").is_file()
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_fit(data, tmp_path):
+    """A run killed between writing a temporary and renaming it leaves .last.safetensors.<pid>.<rand>.tmp
+    (or, from earlier versions, .last.pt.<rand>.tmp): the next fit of the folder removes them, and says so."""
+    cfg = FitConfig(epochs=1, head_options={"layers": 1}, **QUICK)
+    fit_tensors(data, tmp_path, cfg, progress=False, log=lambda s: None)
+    left = [tmp_path / ".last.safetensors.4242.k2j3h4.tmp", tmp_path / ".last.pt.abcd1234.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("mine")  # not a temporary of vtr's: kept
+    lines = []
+    fit_tensors(data, tmp_path, FitConfig(**dict(cfg.to_dict(), epochs=2)), progress=False, log=lines.append)
+    assert not any(p.exists() for p in left) and (tmp_path / "notes.tmp").exists()
+    assert any("removed 2 temporary file(s)" in line and ".last.pt.abcd1234.tmp" in line for line in lines)
+    assert read_last(tmp_path)["epoch"] == 2
+
+
+def test_a_run_folder_in_use_is_refused(data, tmp_path):
+    """Two fits writing one run folder would interleave their checkpoints: the second is refused."""
+    from filelock import FileLock
+
+    cfg = FitConfig(epochs=1, head_options={"layers": 1}, **QUICK)
+    tmp_path.mkdir(exist_ok=True)
+    with FileLock(str(tmp_path / ".fit.lock")):
+        with pytest.raises(RuntimeError, match="being written by another `vtr fit`"):
+            fit_tensors(data, tmp_path, cfg, progress=False, log=lambda s: None)
+    assert not (tmp_path / "last.safetensors").exists()
+    fit_tensors(data, tmp_path, cfg, progress=False, log=lambda s: None)  # released: it runs
+    assert read_last(tmp_path)["epoch"] == 1

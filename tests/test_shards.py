@@ -173,7 +173,7 @@ def test_fit_and_eval_read_the_combined_cache(built, tmp_path):
     assert zs_combined["t2v"] == zs_shards["t2v"] and zs_combined["v2t"] == zs_shards["v2t"]
     fit(work / "sharded.h5", tmp_path / "run", FitConfig(epochs=1, batch_size=4, device="cpu"), progress=False,
         log=lambda m: None)
-    assert (tmp_path / "run" / "best.pt").exists()
+    assert (tmp_path / "run" / "best.safetensors").exists()
     s = cache_summary(work / "sharded.h5")
     assert s["combined"]["n"] == N and len(s["combined"]["shards"]) == N
     r = CliRunner().invoke(main, ["info", str(work / "sharded.h5")])

@@ -8,7 +8,7 @@ and the videos are shuffled into batches of ``batch_size``. A batch therefore ne
 the same video, so every off-diagonal pair in the [B, B] logits is a true negative.
 
 Reproducibility. The randomness of epoch ``e`` (the caption draw, the shuffle, dropout) is seeded from
-(seed, e) alone, so resuming after epoch k from last.pt replays epochs k+1.. exactly as an uninterrupted
+(seed, e) alone, so resuming after epoch k from last.safetensors replays epochs k+1.. exactly as an uninterrupted
 run would, without carrying RNG state across epochs.
 
 Distributed. Under torchrun (or ``vtr fit --nproc N``) every rank draws the same batches and encodes its
@@ -18,6 +18,7 @@ Rank 0 alone validates and writes the run folder; the others wait for it at a ba
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -36,8 +37,8 @@ from vtr.train.distributed import Dist, PairLoss, init_from_env, launch, local_r
 from vtr.train.heads import RetrievalHead, build_head, count_parameters, text_batch, video_batch
 from vtr.train.losses import dsl_loss, get_loss
 from vtr.files import atomic_write_bytes, atomic_write_text
-from vtr.train.runs import (BEST, CONFIG, CURVES, LAST, LOG, FitConfig, atomic_torch_save, config_differences,
-                            read_record, run_record)
+from vtr.train.runs import (CONFIG, CURVES, LAST, LOG, FitConfig, checkpoint_path, claim_run_folder,
+                            config_differences, load_weights, read_last, read_record, run_record, save_best, save_last)
 
 __all__ = ["FitConfig", "fit", "fit_tensors", "fit_processes", "validate", "epoch_batches", "train_captions"]
 
@@ -164,9 +165,11 @@ def train_epoch(model: PairLoss, data: CacheTensors, batches, optimizer, schedul
 
 
 def read_checkpoint(run_dir: Path, record: dict, cfg: FitConfig) -> dict | None:
-    """last.pt of a matching run in ``run_dir`` (on the CPU), or None for a new run.
+    """The resume state (last.safetensors, or an earlier version's last.pt) of a matching run in ``run_dir``
+    (on the CPU), or None for a new run.
 
-    Refuses a run with another config, naming the keys that differ.
+    Refuses a run with another config, naming the keys that differ, and a checkpoint that holds more than
+    tensors and plain data (vtr.safe_load.LoadError).
     """
     if not (run_dir / CONFIG).is_file():
         return None
@@ -177,34 +180,39 @@ def read_checkpoint(run_dir: Path, record: dict, cfg: FitConfig) -> dict | None:
     if diffs:
         raise ValueError(f"{run_dir} holds a different run; differing keys: {', '.join(diffs)}. "
                          "Use a new run folder or the same settings.")
-    if not (run_dir / LAST).is_file():  # killed during its first epoch
-        return None
-    return torch.load(run_dir / LAST, map_location="cpu", weights_only=True)
+    return read_last(run_dir)  # None when killed during its first epoch
+
+
+def on_main_rank(d: Dist, fn):
+    """``fn()`` on rank 0 alone, its result or its error sent to every rank, so all go on alike or fail alike.
+
+    Rank 0 alone touches the run folder: the other ranks may be on machines that do not see it.
+    """
+    if not d.active:
+        return fn()
+    box = [None]
+    if d.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+            box[0] = ("error", e)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
 
 
 def resume(run_dir: Path, record: dict, cfg: FitConfig, head, optimizer, scheduler, d: Dist = Dist()):
-    """Load last.pt of a matching run in ``run_dir`` into head/optimizer/scheduler.
+    """Load the resume state of a matching run in ``run_dir`` into head/optimizer/scheduler.
 
     Returns (epochs done, history, best); (0, [], None) for a new run. Refuses a run with another config.
-    In a distributed run rank 0 alone reads the run folder (the other ranks may be on machines that do not
-    see it) and sends the checkpoint, or its error, to every rank, so all resume alike or fail alike.
+    In a distributed run rank 0 reads the checkpoint and sends it to every rank (`on_main_rank`).
     """
-    if d.active:
-        box = [None]
-        if d.is_main:
-            try:
-                box[0] = ("ok", read_checkpoint(run_dir, record, cfg))
-            except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
-                box[0] = ("error", e)
-        dist.broadcast_object_list(box, src=0)
-        status, ckpt = box[0]
-        if status == "error":
-            raise ckpt
-    else:
-        ckpt = read_checkpoint(run_dir, record, cfg)
+    ckpt = on_main_rank(d, lambda: read_checkpoint(run_dir, record, cfg))
     if ckpt is None:
         return 0, [], None
-    head.load_state_dict(ckpt["head"])
+    load_weights(head, ckpt["head"], checkpoint_path(run_dir, LAST), cfg.model)
     optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
     scheduler.load_state_dict(ckpt["scheduler"])
     return ckpt["epoch"], ckpt["history"], ckpt["best"]
@@ -223,13 +231,27 @@ def fit_tensors(data: CacheTensors, run_dir: Path, cfg: FitConfig, cache_path: s
     """
     d, device = init_from_env(resolve_device(cfg.device))
     try:
-        return _fit(data, Path(run_dir), cfg, cache_path, progress, log, d, device)
+        with contextlib.ExitStack() as held:  # what _fit holds until it returns: the run folder's lock
+            return _fit(data, Path(run_dir), cfg, cache_path, progress, log, d, device, held)
     finally:
         shutdown(d)
 
 
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path, d: Dist, log):
+    """Rank 0 holds the run folder's lock (`claim_run_folder`: one fit per folder, a killed run's temporaries
+    removed) while the block runs; a refusal reaches every rank."""
+    held = []
+    on_main_rank(d, lambda: held.append(claim_run_folder(run_dir, log)))
+    try:
+        yield
+    finally:
+        for lock in held:
+            lock.release()
+
+
 def _fit(data: CacheTensors, run_dir: Path, cfg: FitConfig, cache_path: str, progress: bool, log, d: Dist,
-         device) -> Path:
+         device, held: contextlib.ExitStack) -> Path:
     if not d.is_main:
         log, progress = (lambda msg: None), False
     if cfg.num_threads:
@@ -257,6 +279,7 @@ def _fit(data: CacheTensors, run_dir: Path, cfg: FitConfig, cache_path: str, pro
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
 
     record = run_record(cfg, data, cache_path)
+    held.enter_context(run_folder_lock(run_dir, d, log))
     done, history, best = resume(run_dir, record, cfg, head, optimizer, scheduler, d)
     if done >= cfg.epochs:
         log(f"{run_dir}: run already complete ({done} epochs trained, {cfg.epochs} asked); nothing to do")
@@ -292,7 +315,8 @@ def _fit(data: CacheTensors, run_dir: Path, cfg: FitConfig, cache_path: str, pro
 
 def _finish_epoch(head, val, run_dir, cfg, optimizer, scheduler, device, epoch, train_loss, start, train_seconds,
                   history, best, d, log):
-    """Rank 0's end of an epoch: validate, then write last.pt (and best.pt), log.jsonl and curves.png."""
+    """Rank 0's end of an epoch: validate, then write best.safetensors (when improved), last.safetensors,
+    log.jsonl and curves.png."""
     val_start = time.time()
     metrics = validate(head, val, max(cfg.batch_size, 1024), device) if len(val.text_ids) else None
     entry = {"epoch": epoch, "train_loss": train_loss, "val": metrics,
@@ -303,10 +327,9 @@ def _finish_epoch(head, val, run_dir, cfg, optimizer, scheduler, device, epoch, 
     improved = metrics is None or best is None or val_score(metrics) > best["score"]
     if improved:
         best = {"epoch": epoch, "score": val_score(metrics) if metrics else None}
-        atomic_torch_save({"head": head.state_dict(), "epoch": epoch, "val": metrics}, run_dir / BEST)
-    atomic_torch_save({"head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
-                       "best": best}, run_dir / LAST)
+        save_best(run_dir, head.state_dict(), epoch, metrics)
+    save_last(run_dir, {"head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best})
     atomic_write_text(run_dir / LOG, "".join(json.dumps(h) + "\n" for h in history))
     atomic_write_bytes(run_dir / CURVES, plot_curves(history))
 

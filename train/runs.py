@@ -1,20 +1,24 @@
-"""The run folder: what fit writes and eval reads.
+"""The run folder: what fit writes and eval reads. Plain data end to end: JSON and safetensors, no pickle.
 
     run_dir/
-      config.json   FitConfig + the cache's path and fingerprint + feature shape + vtr version
-      last.pt       head, optimizer and scheduler state, epoch, best-so-far and the per-epoch history
-      best.pt       head state at the best validation epoch (T2V R@1+R@5+R@10 on val; the last epoch if
-                    the cache has no val captions)
-      log.jsonl     one JSON line per epoch: epoch, train_loss, val metrics, seconds, lr
-      curves.png    train loss and val R@1 per epoch
+      config.json        FitConfig + the cache's path and fingerprint + feature shape + vtr version
+      last.safetensors   head, optimizer and scheduler state, epoch, best-so-far and the per-epoch history
+                         (tensors as safetensors, the rest as a JSON skeleton in its header: vtr.safe_load)
+      best.safetensors   the head's state dict at the best validation epoch (T2V R@1+R@5+R@10 on val; the
+                         last epoch if the cache has no val captions); its header holds that epoch and metrics
+      log.jsonl          one JSON line per epoch: epoch, train_loss, val metrics, seconds, lr
+      curves.png         train loss and val R@1 per epoch
+      .fit.lock          held by the one `vtr fit` writing the folder
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a run killed at
-any moment leaves either the old file or the new one, never half of one.
+any moment leaves either the old file or the new one, never half of one; the temporary it was writing is
+removed by the next `vtr fit` of the folder. Runs written by earlier versions (``last.pt``, ``best.pt``)
+are still read, through ``torch.load(weights_only=True)``, and replaced by the new files as training
+goes on. See docs/weights-and-runs.md for why.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,11 +26,17 @@ from pathlib import Path
 import torch
 
 import vtr
-from vtr.files import atomic_write_bytes
+from vtr.files import atomic_write_bytes, remove_temporaries
 from vtr.records import CacheTensors
+from vtr.safe_load import LoadError, dump_state, load_json, load_safetensors, load_state, load_torch
 from vtr.train.heads import RetrievalHead, build_head
 
-CONFIG, LAST, BEST, LOG, CURVES = "config.json", "last.pt", "best.pt", "log.jsonl", "curves.png"
+CONFIG, LAST, BEST, LOG, CURVES = "config.json", "last.safetensors", "best.safetensors", "log.jsonl", "curves.png"
+# What vtr wrote before runs were safetensors: read (weights_only), never written, removed once superseded.
+LEGACY = {LAST: "last.pt", BEST: "best.pt"}
+LOCK = ".fit.lock"
+# The header key of best.safetensors that holds its epoch and val metrics (JSON).
+RUN_META = "vtr_run"
 
 
 @dataclass
@@ -73,12 +83,6 @@ def cache_fingerprint(data: CacheTensors) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def run_record(cfg: FitConfig, data: CacheTensors, cache_path: str) -> dict:
     """The contents of config.json."""
     return {
@@ -94,7 +98,107 @@ def read_record(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: it has no {CONFIG}")
-    return json.loads(path.read_text())
+    record = load_json(path)
+    missing = [k for k in ("fit", "dim", "max_frames", "cache") if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise LoadError(f"{path} is not a vtr run config (it lacks {', '.join(missing)})")
+    return record
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_path(run_dir: Path, name: str) -> Path | None:
+    """The file that holds ``name`` (LAST or BEST) in ``run_dir``: the safetensors file, else an earlier
+    version's ``.pt``, else None."""
+    for candidate in (Path(run_dir) / name, Path(run_dir) / LEGACY[name]):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _plain_tensors(state: dict) -> dict[str, torch.Tensor]:
+    # copies on the CPU: safetensors refuses tensors that share memory (tied weights)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def save_best(run_dir: Path, head_state: dict, epoch: int, val: dict | None) -> None:
+    """best.safetensors: the head's state dict, with its epoch and val metrics in the header."""
+    from safetensors.torch import save
+
+    meta = {RUN_META: json.dumps({"epoch": epoch, "val": val})}
+    atomic_write_bytes(Path(run_dir) / BEST, save(_plain_tensors(head_state), metadata=meta))
+    (Path(run_dir) / LEGACY[BEST]).unlink(missing_ok=True)
+
+
+def save_last(run_dir: Path, state: dict) -> None:
+    """last.safetensors: everything an exact resume needs (``head``, ``optimizer``, ``scheduler``, ``epoch``,
+    ``history``, ``best``), as tensors plus a JSON skeleton."""
+    atomic_write_bytes(Path(run_dir) / LAST, dump_state(state))
+    (Path(run_dir) / LEGACY[LAST]).unlink(missing_ok=True)
+
+
+def _checked(path: Path, ckpt, keys: tuple) -> dict:
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys) or not isinstance(ckpt["head"], dict):
+        raise LoadError(f"{path} is not a vtr run checkpoint (it needs {', '.join(keys)})")
+    return ckpt
+
+
+def read_last(run_dir: Path) -> dict | None:
+    """The resume state of ``run_dir`` on the CPU (see `save_last`), or None when it has none yet."""
+    path = checkpoint_path(run_dir, LAST)
+    if path is None:
+        return None
+    ckpt = load_state(path) if path.name == LAST else load_torch(path)
+    return _checked(path, ckpt, ("head", "optimizer", "scheduler", "epoch", "history", "best"))
+
+
+def read_best(run_dir: Path, device: str = "cpu") -> tuple[Path, dict]:
+    """(path, {"head": state dict, "epoch", "val"}) of the run's best checkpoint."""
+    path = checkpoint_path(run_dir, BEST)
+    if path is None:
+        raise FileNotFoundError(f"run {run_dir} has no {BEST}: it has not finished an epoch yet")
+    if path.name != BEST:
+        return path, _checked(path, load_torch(path, map_location=device), ("head", "epoch"))
+    tensors, meta = load_safetensors(path, device)
+    try:
+        info = json.loads(meta[RUN_META])
+        return path, {"head": tensors, "epoch": info["epoch"], "val": info.get("val")}
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise LoadError(f"{path} is not a vtr run checkpoint (its header lacks {RUN_META})") from None
+
+
+def load_weights(head: torch.nn.Module, state: dict, path: Path, model: str) -> None:
+    """``state`` into ``head``; weights of another shape or head are one line naming the file."""
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as e:
+        first = " ".join(str(e).split())[:200]
+        raise LoadError(f"{path}: its weights do not fit the {model} head that config.json describes "
+                        f"({first})") from None
+
+
+def claim_run_folder(run_dir: Path, log=print):
+    """Lock ``run_dir`` for this `vtr fit` and remove the temporaries a killed run left there.
+
+    Returns the held lock (release it when done). Only one fit writes a run folder at a time, so with the
+    lock held every temporary in the folder is a leftover. A second fit of the same folder is refused.
+    """
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(f"{run_dir} is being written by another `vtr fit` (it holds {run_dir / LOCK}); "
+                           "wait for it to finish, or use another --run folder") from None
+    removed = remove_temporaries(run_dir)
+    if removed:
+        log(f"{run_dir}: removed {len(removed)} temporary file(s) left by a run that was killed while writing: "
+            + ", ".join(p.name for p in removed))
+    return lock
 
 
 def config_differences(saved: dict, new: dict) -> list[str]:
@@ -116,22 +220,25 @@ def config_differences(saved: dict, new: dict) -> list[str]:
 
 
 def load_run(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[RetrievalHead, FitConfig, dict]:
-    """Rebuild a run's head from config.json and load ``best.pt`` or ``last.pt`` into it (in eval mode).
+    """Rebuild a run's head from config.json and load its best or last checkpoint into it (in eval mode).
 
     Returns (head, config, info) where info is config.json's contents plus ``cache_path`` (the cache the
-    run was trained on), the checkpoint's ``epoch`` and, for best.pt, its ``val`` metrics.
+    run was trained on), the checkpoint's ``epoch`` and, for best, its ``val`` metrics. Every file is read
+    as plain data (vtr.safe_load): one holding anything else is refused with a `LoadError`.
     """
     run_dir = Path(run_dir)
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', not {which!r}")
     record = read_record(run_dir)
-    ckpt_path = run_dir / (BEST if which == "best" else LAST)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"run {run_dir} has no {ckpt_path.name}: it has not finished an epoch yet")
+    if which == "best":
+        ckpt_path, ckpt = read_best(run_dir, device)
+    else:
+        ckpt_path, ckpt = checkpoint_path(run_dir, LAST), read_last(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"run {run_dir} has no {LAST}: it has not finished an epoch yet")
     cfg = FitConfig.from_dict(record["fit"])
     head = build_head(cfg.model, record["dim"], record["max_frames"], **cfg.head_options)
-    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-    head.load_state_dict(ckpt["head"])
+    load_weights(head, ckpt["head"], ckpt_path, cfg.model)
     head.to(device).eval()
     info = dict(record, cache_path=record["cache"]["path"], epoch=ckpt["epoch"], val=ckpt.get("val"),
                 checkpoint=str(ckpt_path))
@@ -144,7 +251,7 @@ def latest_run(runs_root: Path) -> Path:
     candidates = []
     if runs_root.is_dir():
         for d in runs_root.iterdir():
-            ckpts = [d / n for n in (LAST, BEST) if (d / n).is_file()]
+            ckpts = [p for p in (checkpoint_path(d, LAST), checkpoint_path(d, BEST)) if p is not None]
             if (d / CONFIG).is_file() and ckpts:
                 candidates.append((max(p.stat().st_mtime for p in ckpts), d))
     if not candidates:
