@@ -11,6 +11,10 @@ from vtr.files import atomic_write_text
 METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 TRANSDUCTIVE_FOOTNOTE = "* DSL at inference uses all test queries at once (transductive)"
 RANDOM_CLIP_NOTE = "CLIP weights are randomly initialised ({model}): numbers are not meaningful for real retrieval"
+# Every report's JSON says what of the split was not evaluated ("left_out"); when anything was, this note too.
+LEFT_OUT_NOTE = ("left out: {videos} of the {split_videos} {split} videos and {captions} of the {split_captions} "
+                 "{split} captions: {why} ({see})")
+UNDER_THE_TABLE = (RANDOM_CLIP_NOTE.split("(")[0], LEFT_OUT_NOTE.split(":")[0] + ":")
 
 
 def _name(report: dict) -> str:
@@ -24,8 +28,8 @@ def _name(report: dict) -> str:
 def format_table(reports: list[dict]) -> str:
     """One aligned row per report: name, T2V R@1 R@5 R@10 MdR MnR, V2T the same; then footnotes.
 
-    Transductive rows are starred, with a footnote; notes about randomly initialised CLIP weights are
-    listed once each below the table.
+    Transductive rows are starred, with a footnote; notes about randomly initialised CLIP weights and about
+    captions left out (their videos failed to decode) are listed once each below the table.
     """
     header = ["model"] + [f"T2V {m}" for m in METRICS] + [f"V2T {m}" for m in METRICS]
     rows = [[_name(r)] + [f"{r[d][m]:.1f}" for d in ("t2v", "v2t") for m in METRICS] for r in reports]
@@ -37,11 +41,11 @@ def format_table(reports: list[dict]) -> str:
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
     if any(r.get("transductive") for r in reports):
         out.append(TRANSDUCTIVE_FOOTNOTE)
-    # Only the random-CLIP warnings go under the table; other notes stay in the JSON.
+    # Only the warnings go under the table (random CLIP, captions left out); other notes stay in the JSON.
     seen = set()
     for r in reports:
         for note in r.get("notes", []):
-            if note.startswith(RANDOM_CLIP_NOTE.split("(")[0]) and note not in seen:
+            if note.startswith(UNDER_THE_TABLE) and note not in seen:
                 seen.add(note)
                 out.append(note)
     return "\n".join(out)

@@ -1,7 +1,8 @@
 """Bring your own: a CSV or JSONL of ``video, caption[, split]`` and a folder of videos.
 
 - CSV (``.csv``, comma-separated, with a header naming the columns ``video``, ``caption`` and optionally
-  ``split``, in any order; other columns are ignored).
+  ``split``, in any order; other columns are ignored). Standard CSV quoting: a quoted caption may hold
+  commas, line breaks and quotes (written twice, ``""``).
 - JSONL (``.jsonl``): one object a line with ``video``, ``caption`` (or ``captions``, a list) and
   optionally ``split``.
 
@@ -78,28 +79,52 @@ def _split(value, where: str) -> str | None:
 
 
 def _read_csv(path: Path):
-    lines = read_lines(path)
-    if not lines:
+    # Read as CSV, not line by line: a quoted caption may hold commas, quotes ("") and line breaks. Errors
+    # name the line where the row starts.
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
+    records = []
+    try:
+        while True:
+            start = reader.line_num + 1
+            fields = next(reader, None)
+            if fields is None:
+                break
+            if any(f.strip() for f in fields):  # blank lines are skipped
+                records.append((start, fields))
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise AnnotationError(f"{path}, line {start}: a quote opened in this row is never closed (a quote "
+                                  f"inside a quoted caption is written twice: \"\")") from None
+        raise AnnotationError(f"{path}, line {start}: not a CSV row ({e}; a quote inside a quoted caption is "
+                              f"written twice: \"\")") from None
+    if not records:
         raise AnnotationError(f"{path}: empty file; expected a header 'video,caption[,split]' and rows")
-    header = [h.strip().lower() for h in next(csv.reader([lines[0][1]]))]
+    n, fields = records[0]
+    header = [h.strip().lower() for h in fields]
     if "video" not in header or "caption" not in header:
-        raise AnnotationError(f"{path}, line {lines[0][0]}: the header must name the columns video and caption "
-                              f"(and optionally split), got {lines[0][1]!r}")
+        raise AnnotationError(f"{path}, line {n}: the header must name the columns video and caption "
+                              f"(and optionally split), got {','.join(fields)!r}")
     iv, ic = header.index("video"), header.index("caption")
     isp = header.index("split") if "split" in header else None
     rows = []
-    for n, text in lines[1:]:
+    for n, fields in records[1:]:
         where = f"{path}, line {n}"
-        try:
-            fields = next(csv.reader(io.StringIO(text)))
-        except (csv.Error, StopIteration) as e:
-            raise AnnotationError(f"{where}: not a CSV row ({e})") from None
         if len(fields) != len(header):
             raise AnnotationError(f"{where}: expected {len(header)} fields ({', '.join(header)}), got {len(fields)}"
                                   " (quote captions that contain commas)")
         split = _split(fields[isp].strip(), where) if isp is not None else None
         rows.append((fields[iv].strip(), [fields[ic]], split, where))
     return rows
+
+
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8, a BOM dropped; not UTF-8 names the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise AnnotationError(f"{path}, line {line}: not UTF-8 text ({e.reason})") from None
 
 
 def _read_jsonl(path: Path):

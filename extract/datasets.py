@@ -8,7 +8,10 @@ the layouts each accepts are described in its module (msvd, msrvtt, paragraphs, 
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 from collections import Counter
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +64,19 @@ def load_dataset(name: str, root: Path | None = None, **options) -> Dataset:
     if root is None:
         raise ValueError(f"--dataset {name} needs --root, the folder holding its videos and annotations")
     takes = reader_options(name)
+    options = _reader_kwargs(name, takes, options)
+    files: list[str] = []
+    _install_read_recorder()
+    token = _READS.set(files)
+    try:
+        ds = READERS[name](root, **options)
+    finally:
+        _READS.reset(token)
+    ds.annotation_files = _annotation_files(files)
+    return ds
+
+
+def _reader_kwargs(name: str, takes: set[str], options: dict) -> dict:
     if name != "synthetic":
         generic = {"n_videos", "seed", "progress"}
         wrong = [k for k, v in options.items() if k not in takes and k not in generic and v is not None]
@@ -70,7 +86,51 @@ def load_dataset(name: str, root: Path | None = None, **options) -> Dataset:
             raise ValueError(f"--dataset {name} does not take {', '.join(flag(k) for k in sorted(wrong))}; "
                              f"its options: {', '.join(flag(k) for k in sorted(takes - {'check_videos'}))}")
         options = {k: v for k, v in options.items() if k in takes and v is not None}
-    return READERS[name](root, **options)
+    return options
+
+
+# Which annotation files a reader read, for the cache's record of what it was last brought in line with.
+# Recorded from Python's "open" audit events while the reader runs, so every reader is covered whatever
+# it reads with (read_bytes, json, csv, a plain-data pickle) without each one reporting its files.
+_READS: ContextVar[list | None] = ContextVar("vtr_annotation_reads", default=None)
+_CODE = (".py", ".pyc", ".so", ".pth")  # modules imported meanwhile are not annotations
+_hooked = False
+
+
+def _on_audit(event: str, args) -> None:
+    if event != "open":
+        return
+    files = _READS.get()
+    if files is None:
+        return
+    try:
+        path, mode, flags = args
+        if isinstance(path, int) or path is None:
+            return
+        writing = (mode is None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)) or \
+            (mode is not None and any(c in mode for c in "wax+"))
+        p = os.fsdecode(path)
+        if not writing and not p.endswith(_CODE):
+            files.append(p)
+    except Exception:  # noqa: BLE001 - a hook that raises would break the open it watches
+        pass
+
+
+def _install_read_recorder() -> None:
+    global _hooked
+    if not _hooked:  # audit hooks cannot be removed: one, for the process, idle outside load_dataset
+        sys.addaudithook(_on_audit)
+        _hooked = True
+
+
+def _annotation_files(paths: list[str]) -> list[str]:
+    """Distinct regular files among ``paths``, absolute, in first-read order."""
+    out = []
+    for p in paths:
+        a = os.path.abspath(p)
+        if a not in out and os.path.isfile(a):
+            out.append(a)
+    return out
 
 
 def dataset_stats(ds: Dataset) -> dict:

@@ -515,9 +515,27 @@ def repair_text(doc, verbs: frozenset) -> str | None:
 # --- batch parsing ----------------------------------------------------------------------------------
 
 
+# A caption's parse is bounded: only its first PARSE_MAX_CHARS characters are parsed, so a pathological
+# caption (100 KB) stores a parse of tens of KB, not megabytes. The bound is well above the longest caption
+# of every dataset vtr reads (docs/reliability.md): no real caption is cut and no cache changes. Not CLIP's
+# token budget: phrases are encoded one by one, so they may come from past the sentence's cut (a
+# paragraph's later sentences).
+PARSE_MAX_CHARS = 4000
+
+
 def _clean(text: str) -> str:
     # ActivityNet sentences often start with spaces; a leading space becomes a token of its own.
     return " ".join(text.split())
+
+
+def parse_text(text: str) -> str:
+    """The text a caption's parse is made of: white space collapsed, cut at the last word boundary within
+    `PARSE_MAX_CHARS` characters (at that many when one word is longer)."""
+    text = _clean(text)
+    if len(text) <= PARSE_MAX_CHARS:
+        return text
+    cut = text.rfind(" ", 0, PARSE_MAX_CHARS + 1)
+    return text[:cut if cut > 0 else PARSE_MAX_CHARS]
 
 
 def _parse_batch(captions: list[str], model: str, batch_size: int, scene_rule: str) -> list[Parse]:
@@ -549,12 +567,13 @@ def parse_captions(captions: list[str], batch_size: int = 512, n_process: int | 
     """Parse captions in order with ``nlp.pipe``.
 
     Each distinct text (after collapsing white space) is parsed once: datasets repeat captions (MSVD:
-    80,827 captions, 61,846 distinct) and a parse depends on the text alone.
+    80,827 captions, 61,846 distinct) and a parse depends on the text alone. Only a caption's first
+    `PARSE_MAX_CHARS` characters are parsed (`parse_text`).
     ``n_process``: worker processes (None: one per usable core). Extra processes pay only when each gets
     at least ``chunk_size`` captions, so smaller inputs are parsed in this process. Workers are forked
     (they inherit the loaded model) where the platform allows, else spawned.
     """
-    cleaned = [_clean(c) for c in captions]
+    cleaned = [parse_text(c) for c in captions]
     texts = list(dict.fromkeys(cleaned))  # distinct texts, first-seen order
     n_process = usable_cores() if n_process is None else max(1, int(n_process))
     n_process = min(n_process, max(1, len(texts) // chunk_size))

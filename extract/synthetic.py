@@ -442,4 +442,15 @@ def read_synthetic(root: Path) -> Dataset:
         videos.append(VideoItem(id=vid, path=root / file, split=split))
         captions += [CaptionItem(id=f"{vid}#{k}", video_id=vid, text=t, split=split) for k, t in enumerate(texts)]
     return Dataset(name="synthetic", videos=videos, captions=captions, max_frames=12, eval_split="test",
-                   missing_videos=missing)
+                   missing_videos=missing, settings=_defining_settings(root))
+
+
+def _defining_settings(root: Path) -> dict:
+    """The seed and render settings the folder was made with (its manifest): they define the clips, so
+    they are settings of any cache made from them (a cache of seed 0 refuses seed 1). The clip count is
+    not one: growing the dataset only adds clips."""
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):  # a folder not made by `generate`: nothing known
+        return {}
+    return {k: manifest[k] for k in ("seed", "version", "width", "height", "fps", "seconds") if k in manifest}

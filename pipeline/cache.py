@@ -3,14 +3,23 @@
 A cache is one file, ``<name>.h5``, made by ``vtr extract`` for one dataset and one setting::
 
     /                      attrs: schema_version, the extraction settings (CLIP model and weight
-                           checksum, fps, max_frames, sampling, preprocessing, ...), vtr version, created
+                           checksum, fps, max_frames, sampling, preprocessing, the settings that define
+                           the dataset itself such as the synthetic seed, ...), vtr version, created,
+                           file_id; main file only: synced (JSON: when the cache was last brought in line
+                           with its annotations, and those files' paths and SHA256), folded_parts (JSON:
+                           the file_ids of the part files this file already holds)
     /videos/ids            [N] str      the dataset's video ids (the cache key)
     /videos/frames         [N, T, D]    float16 CLIP frame embeddings (not normalised), zero-padded
     /videos/mask           [N, T]       bool, True where a real frame is
     /videos/status         [N] int8     1 done, 2 failed (see /videos/reason)
     /videos/reason         [N] str      why a video failed ("" when done)
     /videos/path, split    [N] str
+    /videos/file_size      [N] int64    the video file's size in bytes when it was decoded (-1: unknown)
+    /videos/file_mtime_ns  [N] int64    its modification time in ns then (-1: unknown); with the size, how
+                           a rerun tells that the file changed and must be decoded again
     /videos/duration       [N] float32  seconds (the container's, from ffmpeg's header; NaN if none)
+    /videos/frame_times    [N, T] float32 seconds of each kept frame, NaN where padded (files written before
+                           this column read NaN there too: unknown; vtr.search derives them from fps/duration)
     /texts/ids             [M] str      caption ids (the cache key)
     /texts/caption, split  [M] str
     /texts/video_id        [M] str      and /texts/video_index [M] int64, its row in /videos
@@ -25,7 +34,17 @@ temporary name and renamed into place, so a part either exists whole or not at a
 the main file and the parts are combined into a new file that replaces the old one atomically, and the
 parts are deleted. A run killed at any moment therefore leaves the old main file plus whole parts; the
 reader reads both, and the next run picks up where the killed one stopped. Where an id appears twice
-(a part already combined before the kill; a failed video retried), the later row wins.
+(a failed video retried; a video or caption re-done because its file or text changed), the later row
+wins. Updates that need no new embedding (a split or path changed, rows removed because they left the
+annotations) are applied when the new main file is written, so they are atomic too: a run killed before
+that leaves the old rows, and the next run plans the same updates again. The new main file lists the part
+files it holds (``folded_parts``); readers skip those, so a kill between the rename and the deletion of
+the parts cannot bring back a row the new file updated or removed. See docs/cache.md.
+
+Schema versions. Version 2 added ``file_size``, ``file_mtime_ns``, ``frame_times``, ``synced`` and
+``folded_parts``. Files of version 1 still read: the missing columns read as unknown (-1, NaN), and the
+next write (any rerun of `vtr extract`) migrates the file. A setting added since (``dataset_settings``)
+is adopted by a cache that predates it, not refused.
 
 One writer at a time: the writer holds an exclusive lock on ``<name>.h5.lock`` (released by the OS
 even when the process is killed). Readers take no lock; they only ever see whole files.
@@ -54,7 +73,7 @@ import numpy as np
 from vtr import __version__
 from vtr.records import CacheTensors
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DONE, FAILED = 1, 2
 _STR = h5py.string_dtype()
 
@@ -72,6 +91,9 @@ class VideoRow:
     frames: np.ndarray  # [t, D], t <= max_frames (padded by the writer)
     status: int = DONE
     reason: str = ""
+    frame_times: np.ndarray | None = None  # [t] seconds of each frame (None: unknown, stored as NaN)
+    file_size: int = -1  # the file's size and mtime when decoded (-1: unknown), see vtr.cache_sync
+    file_mtime_ns: int = -1
 
 
 @dataclass
@@ -105,12 +127,17 @@ def _read_str(ds) -> list[str]:
 # Which columns each reader takes from a file. Only rewriting the cache needs the parse trees (the
 # largest strings in it); only fit and eval need the embeddings; a writer needs just the keys.
 _TENSORS = {
-    "videos": ("ids", "frames", "mask", "status", "reason", "path", "split", "duration"),
+    "videos": ("ids", "frames", "mask", "status", "reason", "path", "split", "duration", "frame_times"),
     "texts": ("ids", "caption", "split", "video_id", "embedding", "phrase_embedding", "phrase_mask"),
 }
-_EVERYTHING = {"videos": _TENSORS["videos"], "texts": _TENSORS["texts"] + ("parse",)}
-_KEYS = {"videos": ("ids", "status"), "texts": ("ids",)}
+_EVERYTHING = {"videos": _TENSORS["videos"] + ("file_size", "file_mtime_ns"), "texts": _TENSORS["texts"] + ("parse",)}
+# What a writer compares with the annotations (vtr.cache_sync): everything but the embeddings and parses.
+_KEYS = {"videos": ("ids", "status", "split", "path", "file_size", "file_mtime_ns"),
+         "texts": ("ids", "caption", "split", "video_id")}
 _SUMMARY = {"videos": ("ids", "status", "reason", "split"), "texts": ("ids", "split")}
+# Columns added after files were written: a file without one reads NaN there ([N, T], like the mask).
+_OPTIONAL = {"videos/frame_times", "videos/file_size", "videos/file_mtime_ns"}
+_UNKNOWN_STAT = ("file_size", "file_mtime_ns")  # optional columns that read -1 (unknown) when absent
 
 
 def _read_source(f: h5py.File, columns: dict) -> dict:
@@ -118,9 +145,15 @@ def _read_source(f: h5py.File, columns: dict) -> dict:
     def column(ds):
         return _read_str(ds) if h5py.check_string_dtype(ds.dtype) else ds[()]
 
+    def optional(group, k):
+        if k in _UNKNOWN_STAT:
+            return np.full(len(f[group]["ids"]), -1, np.int64)
+        return np.full(f[group]["mask"].shape, np.nan, np.float32)
+
     out = {"settings": json.loads(f.attrs["settings"])}
     for group, names in columns.items():
-        out[group] = {k: column(f[group][k]) for k in names}
+        out[group] = {k: column(f[group][k]) if k in f[group] or f"{group}/{k}" not in _OPTIONAL
+                      else optional(group, k) for k in names}
     return out
 
 
@@ -161,12 +194,18 @@ def read_sources(path: Path, columns: dict = _TENSORS) -> tuple[dict, dict]:
         if not files:
             raise CacheError(f"{path}: no such cache (run `vtr extract` to make it)")
         try:
-            sources = []
+            sources, read, folded = [], [], set()
             for p in files:
                 with h5py.File(p, "r") as f:
+                    if p == path:
+                        folded = set(json.loads(f.attrs.get(FOLDED, "[]")))
+                    elif _file_id(f) in folded:  # a kill came between the commit and deleting its parts
+                        continue
                     if COMBINED in f.attrs:  # its shards must be there, and be the files combined
                         _check_shards(p, json.loads(f.attrs[COMBINED]))
                     sources.append(_read_source(f, columns))
+                    read.append(p)
+            files = read
             break
         except FileNotFoundError:
             if attempt == 2:
@@ -177,7 +216,7 @@ def read_sources(path: Path, columns: dict = _TENSORS) -> tuple[dict, dict]:
         except KeyError as e:
             raise CacheError(f"{p}: not a vtr cache (missing {e})") from e
     for p, src in zip(files[1:], sources[1:]):
-        diff = _settings_diff(sources[0]["settings"], src["settings"])
+        diff = _settings_diff(sources[0]["settings"], src["settings"], adopt=True)
         if diff:
             raise CacheError(f"{p}: made with other settings than {files[0]}: " + "; ".join(diff))
     return sources[0]["settings"], _merge(sources)
@@ -205,6 +244,7 @@ def read_cache(path) -> CacheTensors:
         attrs=dict(settings, path=str(path)),
         phrase_emb=t["phrase_embedding"],
         phrase_mask=t["phrase_mask"],
+        frame_times=v["frame_times"],
     )
 
 
@@ -228,7 +268,21 @@ def cache_summary(path) -> dict:
         "unfinished_parts": len(_part_files(Path(path))),
         "frames_shape": [len(v["ids"]), settings["max_frames"], settings["dim"]],
         "combined": combined_info(path),
+        "synced": synced_info(path),
     }
+
+
+def synced_info(path) -> dict | None:
+    """When the cache at ``path`` was last brought in line with its annotations, and with which files
+    (``{"at", "annotations": [{"path", "sha256", "bytes"}], ...}``); None if never (made before vtr recorded it)."""
+    if not Path(path).exists():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("synced")
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable vtr cache ({e})") from e
+    return None if raw is None else json.loads(raw)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -255,11 +309,18 @@ def _durable_replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write_file(path: Path, settings: dict, videos: dict, texts: dict, max_frames: int, dim: int):
-    """Write one complete cache file (main or part) to a temp name, then rename it into place."""
+def _write_file(path: Path, settings: dict, videos: dict, texts: dict, max_frames: int, dim: int,
+                attrs: dict | None = None):
+    """Write one complete cache file (main or part) to a temp name, then rename it into place.
+    ``attrs``: more attributes (plain data, stored as JSON), e.g. the main file's synced record."""
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    # Built in memory, written out at close: HDF5 writing to disk piece by piece can crash (a segfault)
+    # when the disk fills mid-file; this way a full disk is one clean OSError (ENOSPC). Costs a copy of
+    # the file in memory while it is written.
+    with h5py.File(tmp, "w", driver="core", backing_store=True) as f:
         _write_attrs(f, settings)
+        for k, val in (attrs or {}).items():
+            f.attrs[k] = json.dumps(val, sort_keys=True)
         g = f.create_group("videos")
         n = len(videos["ids"])
         for k in ("ids", "reason", "path", "split"):
@@ -269,6 +330,9 @@ def _write_file(path: Path, settings: dict, videos: dict, texts: dict, max_frame
         g.create_dataset("mask", data=videos["mask"].reshape(n, max_frames).astype(bool))
         g.create_dataset("status", data=np.asarray(videos["status"], dtype=np.int8))
         g.create_dataset("duration", data=np.asarray(videos["duration"], dtype=np.float32))
+        for k in _UNKNOWN_STAT:
+            g.create_dataset(k, data=np.asarray(videos.get(k, np.full(n, -1)), dtype=np.int64).reshape(n))
+        g.create_dataset("frame_times", data=np.asarray(videos["frame_times"], dtype=np.float32).reshape(n, max_frames))
         g = f.create_group("texts")
         for k in ("ids", "caption", "split", "video_id", "parse"):
             g.create_dataset(k, data=texts[k], dtype=_STR)
@@ -283,9 +347,25 @@ def _write_file(path: Path, settings: dict, videos: dict, texts: dict, max_frame
     _durable_replace(tmp, path)
 
 
-def _settings_diff(a: dict, b: dict, have: str = "cache has", other: str = "asked") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    return [f"{k}: {have} {a.get(k)!r}, {other} {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+# Settings added after caches were written: a cache without one adopts it (at its next write), since
+# refusing would make every earlier cache unusable. (Only datasets that define any have dataset_settings.)
+ADOPTED_SETTINGS = ("dataset_settings",)
+
+
+def _settings_diff(a: dict, b: dict, have: str = "cache has", other: str = "asked", adopt: bool = False) -> list[str]:
+    """One line per differing setting; a dict-valued setting per sub-key (``dataset_settings.seed: ...``).
+    ``adopt``: a setting of `ADOPTED_SETTINGS` that ``a`` (the older file) lacks is no difference."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if adopt and k in ADOPTED_SETTINGS and k not in a:
+            continue
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += [f"{k}.{s}: {have} {x.get(s)!r}, {other} {y.get(s)!r}"
+                    for s in sorted(set(x) | set(y)) if x.get(s) != y.get(s)]
+        elif x != y:
+            out.append(f"{k}: {have} {x!r}, {other} {y!r}")
+    return out
 
 
 def _lock(path: Path):
@@ -345,6 +425,14 @@ class CacheWriter:
         self._videos: list[VideoRow] = []
         self._texts: list[TextRow] = []
         self.parts_written = 0
+        self._video_updates: dict[str, dict] = {}
+        self._text_updates: dict[str, dict] = {}
+        self._removed_videos: set[str] = set()
+        self._removed_texts: set[str] = set()
+        self._synced: dict | None = None
+        # id -> (size, mtime_ns) of the video's file, as the run found it before decoding: stored with a
+        # row that carries none, so the next run can tell whether the file changed.
+        self.file_stats: dict[str, tuple[int, int]] = {}
 
     # -- lifecycle
     def __enter__(self):
@@ -366,6 +454,12 @@ class CacheWriter:
                 self.flush()
             except Exception:
                 pass
+            # A write that failed (a full disk) leaves a half-written temp file: it only takes space.
+            for tmp in (*parts_dir(self.path).glob("*.tmp"), self.path.with_name(self.path.name + ".tmp")):
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
         self._unlock()
         return False
 
@@ -375,6 +469,8 @@ class CacheWriter:
     def _load_existing(self):
         self.video_status: dict[str, int] = {}
         self.text_ids: set[str] = set()
+        self.rows: dict = {"videos": {k: [] for k in _KEYS["videos"]}, "texts": {k: [] for k in _KEYS["texts"]}}
+        self.synced: dict | None = None  # the main file's record of its last sync with the annotations
         if not self.path.exists() and not _part_files(self.path):
             return
         combined = combined_info(self.path)
@@ -387,15 +483,25 @@ class CacheWriter:
             existing, m = read_sources(self.path, _KEYS)
         except CacheError as e:
             raise CacheError(f"{e}; move it away or choose another --out") from e
-        diff = _settings_diff(existing, self.settings)
+        diff = _settings_diff(existing, self.settings, adopt=True)
         if diff:
             raise CacheError(
                 f"{self.path} was made with other settings, and one cache never mixes two:\n  "
                 + "\n  ".join(diff)
                 + "\nUse --out to write a separate cache, or delete this one."
             )
+        self.rows = m  # the columns `_KEYS` names, main file and parts merged (what vtr.cache_sync compares)
         self.video_status = dict(zip(m["videos"]["ids"], m["videos"]["status"].tolist()))
         self.text_ids = set(m["texts"]["ids"])
+        if self.path.exists():
+            with h5py.File(self.path, "r") as f:
+                raw, folded = f.attrs.get("synced"), set(json.loads(f.attrs.get(FOLDED, "[]")))
+            self.synced = None if raw is None else json.loads(raw)
+            for p in _part_files(self.path):  # parts a killed commit left behind, already in the main file
+                if _part_id(p) in folded:
+                    p.unlink()
+            if folded and not _part_files(self.path):
+                _remove_parts_dir(self.path)
 
     @property
     def video_ids(self) -> set[str]:
@@ -405,6 +511,8 @@ class CacheWriter:
     def add_video(self, row: VideoRow):
         if row.frames.ndim != 2 or row.frames.shape[1] != self.dim or len(row.frames) > self.max_frames:
             raise ValueError(f"video {row.id}: frames of shape {row.frames.shape}, expected [<= {self.max_frames}, {self.dim}]")
+        if row.file_size < 0 and row.id in self.file_stats:
+            row.file_size, row.file_mtime_ns = self.file_stats[row.id]
         self._videos.append(row)
         self.video_status[row.id] = row.status
         if len(self._videos) >= self.flush_every:
@@ -433,14 +541,19 @@ class CacheWriter:
         n, T, D = len(vrows), self.max_frames, self.dim
         frames = np.zeros((n, T, D), dtype=np.float16)
         mask = np.zeros((n, T), dtype=bool)
+        times = np.full((n, T), np.nan, dtype=np.float32)
         for i, r in enumerate(vrows):
             frames[i, : len(r.frames)] = r.frames
             mask[i, : len(r.frames)] = True
+            if r.frame_times is not None:
+                times[i, : len(r.frames)] = r.frame_times
         videos = {
             "ids": [r.id for r in vrows], "reason": [r.reason for r in vrows],
             "path": [r.path for r in vrows], "split": [r.split for r in vrows],
             "frames": frames, "mask": mask,
             "status": [r.status for r in vrows], "duration": [r.duration for r in vrows],
+            "frame_times": times,
+            "file_size": [r.file_size for r in vrows], "file_mtime_ns": [r.file_mtime_ns for r in vrows],
         }
         m = len(trows)
         emb = np.stack([r.embedding for r in trows]) if trows else np.zeros((0, D), np.float16)
@@ -457,28 +570,81 @@ class CacheWriter:
         }
         return videos, texts
 
+    # -- updates applied at the commit (see the module docstring)
+    def update_video(self, video_id: str, **fields):
+        """Change columns of a cached video row (split, path, file_size, file_mtime_ns) at the commit."""
+        self._video_updates.setdefault(video_id, {}).update(fields)
+
+    def update_text(self, text_id: str, **fields):
+        """Change columns of a cached caption row (split, video_id) at the commit."""
+        self._text_updates.setdefault(text_id, {}).update(fields)
+
+    def remove(self, video_ids=(), text_ids=()):
+        """Leave these rows out of the new main file (a removed video's captions go with it)."""
+        self._removed_videos.update(video_ids)
+        self._removed_texts.update(text_ids)
+
+    def mark_synced(self, record: dict):
+        """Store ``record`` (plain data) as the main file's ``synced`` attribute at the commit."""
+        self._synced = record
+
+    def _apply_updates(self, m: dict) -> dict:
+        v, t = m["videos"], m["texts"]
+        for group, updates in ((v, self._video_updates), (t, self._text_updates)):
+            row = {i: n for n, i in enumerate(group["ids"])}
+            for i, fields in updates.items():
+                if i in row:
+                    for k, val in fields.items():
+                        group[k][row[i]] = val
+        gone = self._removed_videos
+        keep_v = [n for n, i in enumerate(v["ids"]) if i not in gone]
+        keep_t = [n for n, (i, vid) in enumerate(zip(t["ids"], t["video_id"]))
+                  if i not in self._removed_texts and vid not in gone]
+        return {"videos": {k: _take(c, keep_v) for k, c in v.items()},
+                "texts": {k: _take(c, keep_t) for k, c in t.items()}}
+
     def commit(self):
-        """Combine the main file and all parts into a new main file, atomically; then drop the parts."""
+        """Combine the main file and all parts into a new main file, atomically; then drop the parts.
+
+        The new file also takes the pending updates and removals and the synced record; with none of
+        these and no parts, the main file is left as it is."""
         self.flush()
         parts = _part_files(self.path)
-        if not parts:
+        pending = self._video_updates or self._text_updates or self._removed_videos or self._removed_texts
+        if not parts and not pending and self._synced is None:
             if not self.path.exists():  # nothing to write (e.g. an empty shard): still leave a valid cache
                 videos, texts = self._pack([], [])
                 _write_file(self.path, self.settings, videos, texts, self.max_frames, self.dim)
             return
-        _, m = read_sources(self.path, _EVERYTHING)
-        _write_file(self.path, self.settings, m["videos"], m["texts"], self.max_frames, self.dim)
+        if self.path.exists() or parts:
+            _, m = read_sources(self.path, _EVERYTHING)
+            m = self._apply_updates(m)
+        else:
+            m = dict(zip(("videos", "texts"), self._pack([], [])))
+        attrs = {FOLDED: [_part_id(p) for p in parts]}
+        if self._synced is not None:
+            attrs["synced"] = self._synced
+        elif self.synced is not None:  # keep the last record: the annotations were not looked at
+            attrs["synced"] = self.synced
+        _write_file(self.path, self.settings, m["videos"], m["texts"], self.max_frames, self.dim, attrs)
+        self._video_updates, self._text_updates = {}, {}
+        self._removed_videos, self._removed_texts, self._synced = set(), set(), None
         for p in parts:
             p.unlink()
-        try:
-            parts_dir(self.path).rmdir()
-        except OSError:
-            pass
+        _remove_parts_dir(self.path)
+
+
+def _remove_parts_dir(path: Path) -> None:
+    try:
+        parts_dir(path).rmdir()
+    except OSError:  # not there, or not empty
+        pass
 
 
 # ----------------------------------------------------------------------------- combined caches
 
 COMBINED = "combined"  # attribute of a combined cache: JSON {"shards": [...], ...}
+FOLDED = "folded_parts"  # attribute of a main file: JSON [file_id of each part file it holds]
 _COPY_ROWS = 4096  # rows per slice when --copy streams shard data into one file
 
 
@@ -486,6 +652,11 @@ def _file_id(f: h5py.File) -> str:
     """What identifies one written file (files from before file_id existed: their creation time)."""
     fid = f.attrs.get("file_id")
     return str(fid) if fid is not None else f"created {f.attrs.get('created', '?')}"
+
+
+def _part_id(p: Path) -> str:
+    with h5py.File(p, "r") as f:
+        return _file_id(f)
 
 
 def combined_info(path) -> dict | None:
@@ -542,7 +713,8 @@ def _open_source(p: Path) -> _Source:
         with h5py.File(p, "r") as f:
             if COMBINED in f.attrs:
                 raise CacheError(f"{p}: is itself a combined cache; combine shard caches only")
-            columns = {f"{g}/{k}": (f[g][k].dtype, f[g][k].shape[1:]) for g in _EVERYTHING for k in _EVERYTHING[g]}
+            columns = {f"{g}/{k}": (f[g][k].dtype, f[g][k].shape[1:]) for g in _EVERYTHING for k in _EVERYTHING[g]
+                       if k in f[g] or f"{g}/{k}" not in _OPTIONAL}
             return _Source(p, json.loads(f.attrs["settings"]), _file_id(f),
                            {g: len(f[g]["ids"]) for g in _EVERYTHING}, columns, f["texts/video_index"][()])
     except OSError as e:
@@ -558,8 +730,12 @@ def _check_same_settings(sources: list[_Source]) -> None:
         if diff:
             raise CacheError(f"{s.path}: made with other settings than {base.path}, and one cache never mixes "
                              f"two:\n  " + "\n  ".join(diff))
-        if s.columns != base.columns:
+        if _required(s.columns) != _required(base.columns):
             raise CacheError(f"{s.path}: its columns differ from {base.path}'s (another schema?)")
+
+
+def _required(columns: dict) -> dict:
+    return {k: v for k, v in columns.items() if k not in _OPTIONAL}
 
 
 def _combined_column(g: h5py.Group, name: str, key: str, sources: list[_Source], where: Path, copy: bool):
@@ -628,8 +804,9 @@ def write_combined(path, shard_files: list, *, copy: bool = False, note: dict | 
             f.attrs[COMBINED if not copy else "copied_from"] = json.dumps(info)
             for group, names in _EVERYTHING.items():
                 g = f.create_group(group)
-                for name in names:
-                    _combined_column(g, name, f"{group}/{name}", sources, path.parent, copy)
+                for name in names:  # an optional column some shard lacks is left out (readers see NaN)
+                    if all(f"{group}/{name}" in s.columns for s in sources):
+                        _combined_column(g, name, f"{group}/{name}", sources, path.parent, copy)
             f["texts"].create_dataset("video_index", data=_shifted_video_index(sources))
         _durable_replace(tmp, path)
     finally:

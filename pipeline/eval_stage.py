@@ -5,6 +5,7 @@ from pathlib import Path
 
 from vtr.cache import read_cache
 from vtr.eval.evaluate import DSL_MEMORY_MIB, evaluate
+from vtr.eval.report import LEFT_OUT_NOTE
 from vtr.records import CacheTensors
 from vtr.train.heads import MeanP
 from vtr.train.runs import load_run
@@ -25,8 +26,31 @@ def _evaluate(head, data: CacheTensors, cache_path, split, rescore, device, dsl_
     # QB-Norm's query bank: the training split's captions (T2V) and videos (V2T), never test queries.
     bank = data.select("train") if rescore == "qbnorm" else None
     # Ranks are counted tile by tile (never the whole score matrix); the bar shows on large splits in a terminal.
-    return evaluate(head, data, split=split, rescore=rescore, bank=bank, cache_path=str(cache_path),
-                    device=device, progress=True, dsl_memory_mib=dsl_memory_mib)
+    report = evaluate(head, data, split=split, rescore=rescore, bank=bank, cache_path=str(cache_path),
+                      device=device, progress=True, dsl_memory_mib=dsl_memory_mib)
+    left = left_out(data, split, cache_path)
+    report["left_out"] = left
+    if left["captions"] or left["videos"]:
+        report["notes"].append(LEFT_OUT_NOTE.format(split=split, **left))
+    if left["captions_of_videos_in_other_splits"]:
+        report["notes"].append(f"left out: {left['captions_of_videos_in_other_splits']} {split} captions whose "
+                               f"video is in another split")
+    return report
+
+
+def left_out(data: CacheTensors, split: str, cache_path) -> dict:
+    """What of ``split`` the evaluation cannot use, counted so the report says so: its videos that failed
+    to decode and their captions (a caption is only ranked against a video that has frames), and captions
+    whose video sits in another split."""
+    in_split = data.video_split == split
+    captions = data.text_split == split
+    failed_video = captions & ~data.video_ok[data.text_video]
+    elsewhere = captions & data.video_ok[data.text_video] & (data.video_split[data.text_video] != split)
+    return {"videos": int((in_split & ~data.video_ok).sum()), "captions": int(failed_video.sum()),
+            "split_videos": int(in_split.sum()), "split_captions": int(captions.sum()),
+            "why": "their videos failed to decode",
+            "see": f"vtr info {cache_path} lists the reasons; vtr extract --retry-failed tries them again",
+            "captions_of_videos_in_other_splits": int(elsewhere.sum())}
 
 
 def evaluate_zero_shot(cache_path, *, split=None, rescore="none", device="cpu", data=None,

@@ -46,6 +46,11 @@ class Dataset:
     max_words: int = 32  # the protocol's caption length in tokens (CLIP4Clip: 32; 64 for paragraphs)
     notes: list[str] = field(default_factory=list)  # quirks the reader met and tolerated, for `vtr info`
     sentences: dict[str, int] = field(default_factory=dict)  # paragraph datasets: sentences joined, per split
+    # Options that define the dataset itself, not a choice of its videos (synthetic: the seed and render
+    # settings): part of the cache's settings, so a cache made with others is refused, not mixed.
+    settings: dict = field(default_factory=dict)
+    # The annotation files the reader read (absolute paths, in first-read order): `vtr info` shows their hashes.
+    annotation_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -69,6 +74,7 @@ class CacheTensors:
     attrs: dict = field(default_factory=dict)  # the cache's settings (model, fps, max_frames, ...)
     phrase_emb: np.ndarray | None = None  # [M, 3, D] float16: action, entity, scene phrase embeddings
     phrase_mask: np.ndarray | None = None  # [M, 3] bool, True where the caption has that phrase
+    frame_times: np.ndarray | None = None  # [N, T] float32 seconds of each kept frame, NaN where padded/unknown
 
     def select(self, split: str) -> "CacheTensors":
         """The subset of one split: its decodable videos and the captions that point at them.
@@ -93,6 +99,7 @@ class CacheTensors:
             attrs=dict(self.attrs),
             phrase_emb=None if self.phrase_emb is None else self.phrase_emb[keep_t],
             phrase_mask=None if self.phrase_mask is None else self.phrase_mask[keep_t],
+            frame_times=None if self.frame_times is None else self.frame_times[keep_v],
         )
 
     @property

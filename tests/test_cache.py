@@ -50,7 +50,7 @@ def test_round_trip(tmp_path):
     assert data.attrs["clip_model"] == "random:tiny" and data.attrs["max_frames"] == T
 
     with h5py.File(path) as f:  # the schema other tools see
-        assert f.attrs["schema_version"] == 1
+        assert f.attrs["schema_version"] == 2
         assert f["videos/reason"].asstr()[2] == "bad"
         assert f["videos/duration"][1] == pytest.approx(3.5)
         np.testing.assert_array_equal(f["texts/video_index"][()], [0, 0, 1, 1, 2, 2])
@@ -104,6 +104,55 @@ def test_later_row_wins_and_duplicates_after_commit_crash(tmp_path):
     part.write_bytes(keep)
     data = read_cache(path)
     assert data.video_ids == ["v0", "v1"] and list(data.video_ok) == [True, True]
+
+
+def test_updates_and_removals_survive_a_kill_between_commit_and_deleting_parts(tmp_path):
+    """A part holding a row the commit then updated or removed must not bring the old row back."""
+    path = tmp_path / "toy.h5"
+    with CacheWriter(path, SETTINGS, max_frames=T, dim=D) as w:
+        w.add_video(video(0))
+        w.add_text(text(0, 0))
+        w.commit()
+    with CacheWriter(path, SETTINGS, max_frames=T, dim=D) as w:  # a run killed after writing a part
+        w.add_video(video(1))
+        w.add_text(text(1, 0))
+        w.add_video(video(2))
+        w.flush()
+    kept = {p.name: p.read_bytes() for p in parts_dir(path).glob("part-*.h5")}
+    with CacheWriter(path, SETTINGS, max_frames=T, dim=D) as w:  # the next run, after the annotations changed
+        w.update_video("v2", split="test")
+        w.remove(["v1"])
+        w.commit()
+    want = read_cache(path)
+    assert want.video_ids == ["v0", "v2"] and list(want.video_split) == ["train", "test"]
+    assert want.text_ids == ["v0#0"]  # v1's caption went with it
+    parts_dir(path).mkdir()  # killed between renaming the new main file and deleting the parts
+    for name, data in kept.items():
+        (parts_dir(path) / name).write_bytes(data)
+    data = read_cache(path)
+    assert data.video_ids == want.video_ids and list(data.video_split) == ["train", "test"]
+    assert data.text_ids == ["v0#0"]
+    with CacheWriter(path, SETTINGS, max_frames=T, dim=D) as w:  # the next writer drops them
+        assert w.video_ids == {"v0", "v2"}
+    assert not parts_dir(path).exists()
+
+
+def test_dataset_settings_are_compared_per_key_and_adopted_by_older_caches(tmp_path):
+    path = tmp_path / "toy.h5"
+    with CacheWriter(path, SETTINGS, max_frames=T, dim=D) as w:  # made before dataset_settings existed
+        w.add_video(video(0))
+        w.commit()
+    seeded = dict(SETTINGS, dataset_settings={"seed": 0, "width": 128})
+    with CacheWriter(path, seeded, max_frames=T, dim=D) as w:  # adopted, written at the commit
+        w.add_video(video(1))
+        w.commit()
+    assert read_cache(path).attrs["dataset_settings"] == {"seed": 0, "width": 128}
+    with pytest.raises(CacheError, match=r"dataset_settings\.seed: cache has 0, asked 1") as e:
+        CacheWriter(path, dict(SETTINGS, dataset_settings={"seed": 1, "width": 128}), max_frames=T,
+                    dim=D).__enter__()
+    assert "width" not in str(e.value)
+    with pytest.raises(CacheError, match="dataset_settings: cache has"):  # once there, it is a setting
+        CacheWriter(path, SETTINGS, max_frames=T, dim=D).__enter__()
 
 
 def test_other_settings_are_refused(tmp_path):

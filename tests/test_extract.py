@@ -120,6 +120,7 @@ def _extract_cmd(root, out):
             "--flush-every", "2", "--workers", "1", "--quiet"]
 
 
+@pytest.mark.slow  # three `vtr extract` processes, one of them killed
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, synthetic_root):
     root = tmp_path / "syn"
     shutil.copytree(synthetic_root, root)
