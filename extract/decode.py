@@ -44,6 +44,7 @@ class Frames:
     duration: float  # seconds, the container's duration as ffmpeg reads it (NaN when it has none)
     n_sampled: int  # frames at `fps` before the uniform choice of max_frames
     passes: int = 1  # ffmpeg runs it took: 2 when the frame count was not the one the duration predicted
+    times: np.ndarray | None = None  # [T] float32 seconds of each kept frame (see kept_frame_times)
 
 
 # A line of a log written with -loglevel level+info: "[h264 @ 0x55e5] [error] message" or "[error] message".
@@ -95,6 +96,12 @@ def uniform_indices(n: int, max_frames: int) -> np.ndarray:
     if n <= max_frames:
         return np.arange(n)
     return np.linspace(0, n - 1, num=max_frames, dtype=int)
+
+
+def kept_frame_times(n_sampled: int, fps: float, max_frames: int) -> np.ndarray:
+    """Seconds of the frames ``uniform_indices`` keeps: with ``round=up``, sampled frame k is the one shown
+    at k / fps (from the stream's start), so the time follows from the index alone."""
+    return (uniform_indices(n_sampled, max_frames) / fps).astype(np.float32)
 
 
 def _filter_graph(path: Path, resolution: int, fps: float, threads: int):
@@ -301,11 +308,13 @@ def sample_frames(
     _run_ffmpeg(path, args, keeper, timeout, nice)
     chosen = keeper.choose(max_frames)
     if chosen is not None:
-        return Frames(frames=chosen, duration=duration, n_sampled=keeper.count)
+        return Frames(frames=chosen, duration=duration, n_sampled=keeper.count,
+                      times=kept_frame_times(keeper.count, fps, max_frames))
     # The duration misled us: decode again, now keeping exactly the frames the real count needs.
     count = keeper.count
     keeper = _FrameKeeper(resolution, uniform_indices(count, max_frames))
     _run_ffmpeg(path, args, keeper, timeout, nice)
     if keeper.count != count:
         raise DecodeError(f"{path}: ffmpeg gave {count} frames, then {keeper.count} on a second decode")
-    return Frames(frames=keeper.choose(max_frames), duration=duration, n_sampled=count, passes=2)
+    return Frames(frames=keeper.choose(max_frames), duration=duration, n_sampled=count, passes=2,
+                  times=kept_frame_times(count, fps, max_frames))
