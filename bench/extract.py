@@ -102,7 +102,7 @@ def decode_only(paths, opt: DecodeOptions, workers: int, window: int):
     items = [VideoItem(p.stem, p, "test") for p in paths]
     t = time.perf_counter()
     frames = []
-    for item, f, _, error in decoded_in_order(items, opt, workers, window):
+    for item, f, _, error, _ in decoded_in_order(items, opt, workers, window):
         if f is None:
             raise RuntimeError(error)
         frames.append(f)
@@ -191,6 +191,15 @@ def naive(paths, model, batch: int, max_frames: int) -> tuple[float, int]:
     return n / (time.perf_counter() - t), n
 
 
+def require_pyav() -> None:
+    """c needs PyAV, an optional extra: say which one, in one line, before minutes of other measurements."""
+    import importlib.util
+
+    if importlib.util.find_spec("av") is None:
+        sys.exit("bench/extract.py: the naive baseline (c) needs PyAV, the 'bench' extra: "
+                 ".venv/bin/python -m pip install -c constraints.txt -e '.[bench]' (or pass --skip-naive)")
+
+
 def naive_in_own_process(paths, args) -> tuple[float, int, float]:
     """c in a fresh process with the user's environment: (frames/s, frames, CPU seconds per frame)."""
     cmd = [sys.executable, __file__, "--naive-only", "--batch", str(args.batch), "--max-frames", str(args.max_frames),
@@ -237,6 +246,8 @@ def main(argv=None) -> int:
     ap.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)  # c alone, on the videos given
     ap.add_argument("videos", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not args.skip_naive:
+        require_pyav()
     if args.naive_only:
         return naive_only(args)
     if args.quick:

@@ -21,11 +21,36 @@ def _log(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def _fail(e: Exception):
-    raise click.ClickException(str(e))
+def _fail(e: Exception, writing=None, hint: str = ""):
+    """Stop with one line: the error's own message, or, for a failure of the disk or the file system, the
+    path and the cause (vtr.io_errors) followed by ``hint``; ``writing``: what the command was making."""
+    from vtr.io_errors import describe
+
+    line = describe(e, writing) if isinstance(e, OSError) or type(e) is RuntimeError else None
+    raise click.ClickException(line + hint if line else str(e)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """`vtr`: a failure of the disk or the file system that no command caught (a report or a run folder
+    that cannot be written) ends in one line naming the path and the cause, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (OSError, RuntimeError) as e:
+            import errno
+
+            from vtr.io_errors import describe
+
+            if isinstance(e, OSError) and e.errno == errno.EPIPE:  # output piped to `head`: click's own case
+                raise
+            line = describe(e) if isinstance(e, OSError) or type(e) is RuntimeError else None
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vtr")
 def main():
     """Video-text retrieval with CAMoE and Dual Softmax Loss on frozen, cached CLIP features.
@@ -63,7 +88,11 @@ def main():
               help="CLIP model: an OpenAI name (weights in --clip-cache), a checkpoint path, or random:tiny "
                    "(random weights for offline tests: not meaningful for real retrieval).")
 @click.option("--clip-cache", type=click.Path(path_type=Path),
-              help="Folder holding OpenAI's CLIP weight files. Default: $VTR_CLIP_CACHE or ~/.cache/clip.")
+              help="Folder holding OpenAI's CLIP weight files; a missing one is downloaded there once and its "
+                   "SHA256 checked, as clip.load does. Default: $VTR_CLIP_CACHE or ~/.cache/clip.")
+@click.option("--offline", is_flag=True,
+              help="Never download CLIP weights: a missing file is an error naming the file to copy where "
+                   "(also: VTR_OFFLINE=1).")
 @click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu or cuda[:N].")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="CLIP's arithmetic. auto: fp16 on a GPU; bf16 on a CPU with bfloat16 instructions (AVX512-BF16 "
@@ -82,6 +111,9 @@ def main():
 @click.option("--flush-every", default=64, show_default=True,
               help="Videos per part file: at most this much work is lost when a run is killed.")
 @click.option("--retry-failed", is_flag=True, help="Try videos that failed to decode in an earlier run again.")
+@click.option("--keep-removed", is_flag=True,
+              help="Keep cached videos and captions that are no longer in the annotations (default: removed "
+                   "from the cache, with a count), e.g. when extracting a subset into a cache of the whole.")
 @click.option("--n-videos", default=300, show_default=True, help="synthetic only: how many clips to make.")
 @click.option("--seed", default=0, show_default=True, help="synthetic only: the seed the clips are made from.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -100,11 +132,15 @@ def main():
               help="With --ray: times Ray reruns a shard whose task died or raised (a rerun resumes).")
 def extract(dataset_name, root, annotations, videos, split_variant, use_lists, default_split, out, clip_spec,
             clip_cache, device, precision, fps, max_frames, max_words, workers, batch_frames, text_batch,
-            flush_every, retry_failed, n_videos, seed, quiet, shard_spec, ray_address, n_shards, max_retries):
+            flush_every, retry_failed, keep_removed, n_videos, seed, quiet, shard_spec, ray_address, n_shards,
+            max_retries, offline):
     """Decode videos with ffmpeg, encode frames and captions with frozen CLIP, write the HDF5 cache.
 
-    Rerunning does only what is missing: videos and captions already in the cache are skipped, a run
-    that was killed resumes, and a cache made with another model or frame setting is refused.
+    Rerunning does only what is missing or changed, so the cache follows the annotations: new videos
+    and captions are added, a video whose file changed is decoded again and a caption whose text changed
+    encoded again, changed splits are updated, and rows no longer in the annotations removed
+    (docs/cache.md). A run that was killed resumes; a cache made with another model, frame setting or
+    dataset setting (the synthetic --seed) is refused.
 
     \b
     Past one machine:
@@ -118,8 +154,9 @@ def extract(dataset_name, root, annotations, videos, split_variant, use_lists, d
     from vtr.cache import CacheError
     from vtr.extract.clip_encoder import ClipWeightsMissing, load_clip
     from vtr.extract.datasets import load_dataset
+    from vtr.safe_load import LoadError
     from vtr.extract_stage import run_extract
-    from vtr.shards import extract_shard, parse_shard
+    from vtr.shards import extract_shard, parse_shard, shard_path
 
     if shard_spec and ray_address:
         raise click.UsageError("--shard runs one shard here; --ray runs all of them on Ray: choose one")
@@ -127,7 +164,9 @@ def extract(dataset_name, root, annotations, videos, split_variant, use_lists, d
         raise click.UsageError("--ray and --shards N go together" if ray_address is None
                                else "--ray needs --shards N, the number of shards to split the dataset into")
     options = dict(fps=fps, max_frames=max_frames, max_words=max_words, workers=workers, batch_frames=batch_frames,
-                   text_batch=text_batch, flush_every=flush_every, retry_failed=retry_failed)
+                   text_batch=text_batch, flush_every=flush_every, retry_failed=retry_failed,
+                   keep_removed=keep_removed)
+    writing = None  # the cache file, once the run writes it: an OS error after that is about it
     try:
         shard = parse_shard(shard_spec) if shard_spec else None
         dataset = load_dataset(dataset_name, root, n_videos=n_videos, seed=seed, progress=not quiet,
@@ -135,37 +174,44 @@ def extract(dataset_name, root, annotations, videos, split_variant, use_lists, d
                                use_lists=use_lists, default_split=default_split)
         # The dataset's name carries what changes its splits (msrvtt-9k vs msrvtt-full): one cache each.
         out = out or CACHE_DIR / f"{dataset.name}.h5"
-        _report_dataset(dataset, root)
+        _report_dataset(dataset, root, max_frames, max_words)
         if ray_address:
             dataset_options = dict(annotations=annotations, videos=videos, split_variant=split_variant,
                                    use_lists=use_lists, default_split=default_split, n_videos=n_videos, seed=seed)
             _extract_on_ray(dataset_name, root, dataset_options, clip_spec, clip_cache, device, precision, out,
-                            options, ray_address, n_shards, max_retries, quiet)
+                            options, ray_address, n_shards, max_retries, quiet, offline or None)
             return
-        encoder = load_clip(clip_spec, device=device, download_root=clip_cache, precision=precision)
+        encoder = load_clip(clip_spec, device=device, download_root=clip_cache, precision=precision,
+                            offline=offline or None, progress=not quiet, log=_log)
+        writing = shard_path(out, *shard) if shard else out
         if shard:
             stats = extract_shard(dataset, encoder, out, *shard, progress=not quiet, log=_log, **options)
         else:
             stats = run_extract(dataset, encoder, out, progress=not quiet, log=_log, **options)
-    except (ClipWeightsMissing, CacheError, ValueError, FileNotFoundError, RuntimeError) as e:
-        _fail(e)
+    except (ClipWeightsMissing, LoadError, CacheError, ValueError, OSError, RuntimeError) as e:
+        _fail(e, writing, _extract_hint(e) if writing is not None else "")
     if shard:
-        from vtr.shards import shard_path
-
         out_shown, out = out, shard_path(out, *shard)
-    if stats.videos_decoded == 0 and stats.captions_encoded == 0 and stats.videos_failed == 0:
-        click.echo(f"nothing to do: all {stats.videos_cached} videos and {stats.captions_cached} captions "
-                   f"are already in {out}")
+    _fail_if_no_video_usable(stats, out)
+    changes = stats.sync_changes()
+    if changes:
+        click.echo(f"{out}: brought in line with the annotations: " + ", ".join(
+            f"{n} {k.replace('_', ' ')}" for k, n in changes.items()))
+    if stats.videos_decoded == 0 and stats.captions_encoded == 0 and stats.videos_failed == 0 and not changes:
+        done = stats.videos_cached - stats.videos_failed_before
+        click.echo(f"nothing to do: {'all ' if done == stats.videos else ''}{done} videos and "
+                   f"{stats.captions_cached} captions are already in {out}" + _failed_before(stats, out))
     else:
         click.echo(f"{out}: decoded {stats.videos_decoded} videos ({stats.videos_failed} failed, "
                    f"{stats.videos_cached} already cached), encoded {stats.frames_encoded} frames and "
-                   f"{stats.captions_encoded} captions in {stats.seconds:.1f}s (CLIP in {stats.precision})")
+                   f"{stats.captions_encoded} captions in {stats.seconds:.1f}s (CLIP in {stats.precision})"
+                   + _failed_before(stats, out))
     if shard:
         click.echo(f"when all {shard[1]} shards are done: vtr combine {out_shown}")
 
 
 def _extract_on_ray(name, root, dataset_options, clip_spec, clip_cache, device, precision, out, options, address,
-                    n, max_retries, quiet) -> None:
+                    n, max_retries, quiet, offline=None) -> None:
     """`vtr extract --ray`: the shards as Ray tasks, then the combined cache. Paths go to workers absolute."""
     from vtr.extract.datasets import DEFAULT_ROOTS
     from vtr.ray_runner import run_on_ray
@@ -178,7 +224,7 @@ def _extract_on_ray(name, root, dataset_options, clip_spec, clip_cache, device, 
     dataset_options = dict(dataset_options, annotations=absolute(dataset_options["annotations"]))
     clip = absolute(clip_spec) if Path(clip_spec).expanduser().is_file() else clip_spec
     job = ShardJob(dataset=name, root=absolute(root), out=absolute(out), clip=clip, clip_cache=absolute(clip_cache),
-                   device=device, precision=precision, dataset_options=dataset_options,
+                   device=device, precision=precision, offline=offline, dataset_options=dataset_options,
                    extract_options={k: v for k, v in options.items() if v is not None})
     result = run_on_ray(job, n, address=None if address == "local" else address,
                         cpus_per_shard=options["workers"] or 1, max_retries=max_retries, progress=not quiet, log=_log)
@@ -192,16 +238,56 @@ def _extract_on_ray(name, root, dataset_options, clip_spec, clip_cache, device, 
                f"datasets over {shards_dir(out)}")
 
 
-def _report_dataset(dataset, root) -> None:
-    """Say what was read, and which videos the annotations name but the disk lacks (they are skipped)."""
+def _extract_hint(e: Exception) -> str:
+    """What to do after the disk failed a run of `vtr extract` (rows written before are never lost)."""
+    import errno
+
+    from vtr.io_errors import NO_SPACE, NOT_ALLOWED, os_cause
+
+    cause = os_cause(e)
+    if cause is not None and cause.errno == errno.EFBIG:
+        return "; the rows written before it are kept: rerun where files may be that large to resume"
+    if cause is not None and cause.errno in NO_SPACE:
+        return "; the rows written before it are kept: free space and rerun to resume"
+    if cause is not None and cause.errno in NOT_ALLOWED:
+        return "; choose a folder you may write with --out"
+    return ""
+
+
+def _failed_before(stats, out) -> str:
+    n = stats.videos_failed_before
+    return (f"; {n} video{'s' if n > 1 else ''} failed in an earlier run (`vtr info {out}` says why; "
+            f"--retry-failed tries them again)") if n else ""
+
+
+def _fail_if_no_video_usable(stats, out) -> None:
+    """A run is failed when every video it tried failed, or when the cache holds none of the dataset's
+    videos usable (all failed before): exit 1 with one line. Some failures among good videos are not."""
+    usable = stats.videos_decoded + stats.videos_cached - stats.videos_failed_before
+    if stats.videos_failed and not stats.videos_decoded:
+        others = f" ({usable} cached before are fine)" if usable else ""
+        raise click.ClickException(f"all {stats.videos_failed} videos {'tried ' if usable else ''}failed to "
+                                   f"decode{others}; the reasons are in {out}: vtr info {out}")
+    if stats.videos and not usable:
+        raise click.ClickException(f"none of the {stats.videos} videos is usable: {stats.videos_failed_before} "
+                                   f"videos failed to decode in an earlier run (`vtr info {out}` says why; "
+                                   f"--retry-failed tries them again)")
+
+
+def _report_dataset(dataset, root, max_frames=None, max_words=None) -> None:
+    """Say what was read, and which videos the annotations name but the disk lacks (they are skipped), and
+    the frames and words the run uses (the dataset's protocol unless --max-frames/--max-words say)."""
     for note in dataset.notes:
         _log(f"note: {note}")
     if dataset.missing_videos:
         shown = ", ".join(dataset.missing_videos[:5]) + (", ..." if len(dataset.missing_videos) > 5 else "")
         _log(f"{len(dataset.missing_videos)} videos named in the annotations are missing under {root}; "
              f"skipped with their captions: {shown}")
+    frames, words = max_frames or dataset.max_frames, max_words or dataset.max_words
+    own = (f" (the dataset's protocol: {dataset.max_frames} frames, {dataset.max_words} words)"
+           if (frames, words) != (dataset.max_frames, dataset.max_words) else "")
     _log(f"{dataset.name}: {len(dataset.videos)} videos, {len(dataset.captions)} captions; protocol: "
-         f"{dataset.max_frames} frames, {dataset.max_words} words, evaluated split {dataset.eval_split}")
+         f"{frames} frames, {words} words, evaluated split {dataset.eval_split}{own}")
 
 
 # ----------------------------------------------------------------------------- fit
@@ -238,6 +324,7 @@ def fit(cache_path, run_dir, model, loss, epochs, batch_size, lr, dsl_temperatur
     """
     import os
 
+    from vtr.safe_load import LoadError
     from vtr.train.distributed import WorkerError, env_world_size
     from vtr.train.fit import FitConfig, fit_processes
 
@@ -249,7 +336,7 @@ def fit(cache_path, run_dir, model, loss, epochs, batch_size, lr, dsl_temperatur
         if nproc > 1 and env_world_size() > 1:
             raise click.UsageError("--nproc starts its own processes; under torchrun (WORLD_SIZE is set) leave it at 1")
         fit_processes(cache_path, run_dir, cfg, nproc, progress=not quiet and main_rank, log=_log)
-    except (ValueError, RuntimeError, FileNotFoundError, WorkerError) as e:
+    except (LoadError, ValueError, RuntimeError, FileNotFoundError, WorkerError) as e:
         _fail(e)
     if main_rank:
         click.echo(f"run folder: {run_dir}")
@@ -276,6 +363,7 @@ def eval_(run_dir, cache_path, zero_shot, split, dsl, qbnorm, dsl_memory_mib, js
     """Text-to-video and video-to-text R@1/5/10, MdR, MnR (tie-safe ranks, multi-caption protocol)."""
     from vtr.eval.report import format_table, write_json
     from vtr.eval_stage import evaluate_run, evaluate_zero_shot
+    from vtr.safe_load import LoadError
     from vtr.train.runs import latest_run
 
     if dsl and qbnorm:
@@ -292,11 +380,14 @@ def eval_(run_dir, cache_path, zero_shot, split, dsl, qbnorm, dsl_memory_mib, js
             _log(f"evaluating {run_dir}")
             report = evaluate_run(run_dir, cache_path=cache_path, split=split, rescore=rescore, device=device,
                                   dsl_memory_mib=dsl_memory_mib)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (LoadError, ValueError, RuntimeError, FileNotFoundError) as e:
         _fail(e)
     click.echo(format_table([report]))
     if json_path:
-        write_json(json_path, report)
+        try:
+            write_json(json_path, report)
+        except OSError as e:
+            _fail(e, json_path)
 
 
 # ----------------------------------------------------------------------------- info
@@ -341,6 +432,8 @@ def info(cache_path, dataset_name, annotations, root, split_variant, json_path):
         click.echo(f"  failed: {len(s['failed_videos'])} videos")
         for vid, reason in list(s["failed_videos"].items())[:10]:
             click.echo(f"    {vid}: {reason}")
+    if s.get("synced"):
+        _echo_synced(s["synced"])
     if s["unfinished_parts"]:
         click.echo(f"  {s['unfinished_parts']} part files from an unfinished run (read too; "
                    f"rerun `vtr extract` to fold them in)")
@@ -350,6 +443,14 @@ def info(cache_path, dataset_name, annotations, root, split_variant, json_path):
         from vtr.eval.report import write_json
 
         write_json(json_path, s)
+
+
+def _echo_synced(synced: dict) -> None:
+    """When the cache was last brought in line with its annotations, and the files (SHA256) it followed."""
+    files = synced.get("annotations", [])
+    click.echo(f"  in line with its annotations since {synced.get('at')} ({len(files)} files):")
+    for a in files:
+        click.echo(f"    {a['path']}  sha256 {a.get('sha256') or '(unreadable: ' + a.get('error', '?') + ')'}")
 
 
 def _echo_combined(cache_path, c: dict) -> None:
@@ -526,6 +627,12 @@ def parse_cmd(caption, jsonl_path, out, workers, batch_size, tree, quiet):
             sink.close()
     if out:
         _log(f"wrote {len(parses)} parses to {out} (parser rules v{PARSER_VERSION})")
+
+
+# vtr index, vtr search (and the commands built on them) live in their own module
+from vtr.cli_search import register as _register_search  # noqa: E402
+
+_register_search(main)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# No test downloads real CLIP weights (hundreds of MB from OpenAI): a test that names an OpenAI model gets
+# the offline refusal. The download tests serve their own file on 127.0.0.1 and lift this for themselves.
+os.environ["VTR_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
-"""The demo end to end, at its default size: the trained heads beat zero-shot, and CAMoE beats seqTransf.
+"""The demo end to end: its rows, labels and saved reports on a small demo (quick suite); at its default
+size, the trained heads beat zero-shot and CAMoE beats seqTransf (slow: CI runs them).
 
-One demo run (300 synthetic clips, 30 epochs, about 60 test videos) serves every test here.
+One demo run per size serves every test that needs it: 30 clips and 2 epochs for the report's shape, the
+default 300 clips and 30 epochs (about 50 test videos) for the claims about the heads.
 """
 from __future__ import annotations
 
@@ -11,15 +13,26 @@ import pytest
 from vtr.demo import run_demo
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def run(tmp_path_factory, **size):
     out = tmp_path_factory.mktemp("demo")
-    reports, text = run_demo(out / "work", out=out, device="cpu", progress=False, log=lambda m: None)
+    reports, text = run_demo(out / "work", out=out, device="cpu", progress=False, log=lambda m: None, **size)
     return {r["name"]: r for r in reports}, text, out
 
 
-def test_rows_and_labels(demo):
-    reports, text, out = demo
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """The same code path at a tenth of the clips: the rows and files do not depend on the size."""
+    return run(tmp_path_factory, n_videos=30, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo as `vtr demo` runs it (its default size), which the heads' margins were measured on."""
+    return run(tmp_path_factory)
+
+
+def test_rows_and_labels(small_demo):
+    reports, text, out = small_demo
     assert list(reports) == ["zero-shot", "seqTransf", "camoe", "camoe+dsl"]
     assert [r["transductive"] for r in reports.values()] == [False, False, False, True]
     assert "chance" in text and "random" in text
@@ -28,6 +41,7 @@ def test_rows_and_labels(demo):
     assert saved[2]["t2v"] == reports["camoe"]["t2v"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["seqTransf", "camoe"])
 def test_trained_heads_beat_zero_shot(demo, head):
     zero, trained = demo[0]["zero-shot"], demo[0][head]
@@ -36,6 +50,7 @@ def test_trained_heads_beat_zero_shot(demo, head):
         assert trained[d]["MnR"] < zero[d]["MnR"] / 2
 
 
+@pytest.mark.slow
 def test_camoe_beats_seqtransf_on_the_synthetic_test_split(demo):
     """The paper's claim, on data where each stream is visible in the frames (see vtr.extract.synthetic).
 

@@ -48,6 +48,7 @@ def ray_run(local_ray, subset, tmp_path_factory):
     return work
 
 
+@pytest.mark.slow  # starts a local Ray cluster
 def test_local_ray_run_produces_the_combined_cache(ray_run, subset, tiny_clip, tmp_path):
     combined = read_cache(ray_run / "c.h5")
     root, ann = subset
@@ -71,6 +72,7 @@ def test_local_ray_run_produces_the_combined_cache(ray_run, subset, tiny_clip, t
     assert "combined from 2 of 2 shards" in r.output
 
 
+@pytest.mark.slow  # starts a local Ray cluster
 def test_failed_shard_is_named(local_ray, ray_run, subset, tmp_path):
     root, ann = subset
     out = tmp_path / "c.h5"
