@@ -3,7 +3,8 @@
 FAISS stores and serialises the exact index (``IndexFlatIP``), but its flat search is not the fastest way to
 scan it on a CPU: a single query runs in one thread, and a batch goes through FAISS's blocked product and
 heaps (bench/search.py measures both against the bare product). So the exact path multiplies the vectors in
-place (``faiss.rev_swig_ptr``: a view, no copy) with torch's BLAS and takes ``topk``: the bare product itself.
+place (``faiss.rev_swig_ptr``: a view, no copy) with BLAS (numpy for one query, torch for a batch) and takes
+the top k: the bare product itself.
 Large batches go through the database in blocks, so the score matrix never exceeds ``BLOCK`` floats.
 """
 from __future__ import annotations
@@ -29,12 +30,17 @@ def flat_vectors(index) -> np.ndarray:
 @torch.no_grad()
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores [B, k], indices [B, k]) of the largest inner products, best first (ties in any order)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, len(vectors))
+    if len(queries) == 1:
+        # one query: numpy's BLAS matrix-vector product, which bench/search.py measured faster here than
+        # torch.mv (a memory-bound scan either way), then a partial sort of the k best
+        s = vectors @ queries[0]
+        top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+        top = top[np.argsort(-s[top], kind="stable")]
+        return s[top][None], top[None].astype(np.int64)
     x = torch.from_numpy(vectors)
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    k = min(k, len(x))
-    if len(q) == 1:
-        top = torch.mv(x, q[0]).topk(k)
-        return top.values[None].numpy(), top.indices[None].numpy()
+    q = torch.from_numpy(queries)
     rows = max(k, BLOCK // len(q))
     if rows >= len(x):
         top = (q @ x.T).topk(k, dim=1)
