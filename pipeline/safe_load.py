@@ -40,7 +40,7 @@ class LoadError(ValueError):
 
 
 def _reason(e: BaseException) -> str:
-    """The first sentence of an error, without torch's advice to retry with weights_only=False."""
+    """The first sentence of an error, without torch's advice to retry with unpickling switched back on."""
     text = " ".join(str(e).split())
     text = re.split(r"(?<=[a-z0-9)])\. ", text, maxsplit=1)[0]
     return (text[:160] + "...") if len(text) > 160 else (text or type(e).__name__)
