@@ -31,7 +31,7 @@ import torch
 
 from vtr.device import resolve_device
 # ClipWeightsMissing, default_clip_cache and sha256_file are also imported from here by callers.
-from vtr.extract.weights import (ClipWeightsMissing, clip_model_urls, clip_weights,  # noqa: F401
+from vtr.extract.weights import (OPENAI_CLIP_URLS, ClipWeightsMissing, clip_model_urls, clip_weights,  # noqa: F401
                                  default_clip_cache, sha256_file)
 from vtr.safe_load import LoadError, is_torchscript, load_safetensors, load_torch, load_torchscript_state
 
@@ -290,10 +290,20 @@ def build_random(arch: str, seed: int = 0):
     return model
 
 
-def _load_checkpoint(path: Path):
-    """A CLIP from a checkpoint file, read as plain data only (see the module doc); `LoadError` otherwise."""
+# TorchScript archives run their own (TorchScript) code when loaded, so only OpenAI's published files, known
+# by their SHA256, are read that way; any other model must come as a state dict or safetensors file.
+TRUSTED_TORCHSCRIPT = frozenset(url.rsplit("/", 2)[-2] for url in OPENAI_CLIP_URLS.values())
+
+
+def _load_checkpoint(path: Path, sha256: str):
+    """A CLIP from a checkpoint file of SHA256 ``sha256``, read as plain data only (see the module doc), or
+    one of OpenAI's published TorchScript files; `LoadError` otherwise."""
     clip = _import_clip()
     if is_torchscript(path):  # OpenAI's files: keep the weights, rebuild eager CLIP (clip.load(jit=False))
+        if sha256 not in TRUSTED_TORCHSCRIPT:
+            raise LoadError(f"{path}: refused: a TorchScript archive runs its own code when loaded, and this one "
+                            f"is not one of OpenAI's published CLIP files (SHA256 {sha256[:16]}...); save its "
+                            "weights as a state dict or a safetensors file and pass that")
         obj = load_torchscript_state(path)
     elif path.suffix == ".safetensors":
         obj = load_safetensors(path)[0]
@@ -333,11 +343,12 @@ def load_clip(spec: str, device: str = "auto", download_root: str | Path | None 
     names = clip_model_urls()
     if spec in names:
         path, digest = clip_weights(spec, download_root, offline=offline, progress=progress, log=log)
-        return ClipEncoder(_finish(_load_checkpoint(path), dev, prec), spec, digest, False, dev, prec)
+        return ClipEncoder(_finish(_load_checkpoint(path, digest), dev, prec), spec, digest, False, dev, prec)
 
     path = Path(spec).expanduser()
     if path.is_file():
-        return ClipEncoder(_finish(_load_checkpoint(path), dev, prec), str(path), sha256_file(path), False, dev, prec)
+        digest = sha256_file(path)
+        return ClipEncoder(_finish(_load_checkpoint(path, digest), dev, prec), str(path), digest, False, dev, prec)
     raise ClipWeightsMissing(
         f"--clip {spec}: neither an OpenAI model name ({', '.join(names)}), "
         f"nor an existing checkpoint file, nor random:SHAPE ({', '.join(RANDOM_ARCHS)})"

@@ -9,7 +9,8 @@ download could run any code on load. So nothing here unpickles freely:
 - nested training state (optimizer, scheduler, history) is stored as safetensors with a JSON skeleton of
   the non-tensor values (`dump_state` / `load_state`), so a run folder is plain data end to end;
 - OpenAI's CLIP JIT archives are TorchScript, which ``torch.jit.load`` reads into the TorchScript
-  interpreter without running Python (`load_torchscript_state`); only their weights are kept.
+  interpreter (`load_torchscript_state`); only their weights are kept. TorchScript is code of its own, so
+  vtr reads only OpenAI's published archives this way, known by their SHA256 (`vtr.extract.clip_encoder`).
 
 Every refusal or damaged file raises `LoadError`: one line naming the file and what was wrong.
 """
@@ -196,8 +197,8 @@ def is_torchscript(path) -> bool:
 def load_torchscript_state(path) -> dict[str, torch.Tensor]:
     """The weights of a TorchScript archive (as ``clip.load(jit=False)`` takes them).
 
-    ``torch.jit.load`` reads the archive's code into the TorchScript interpreter, which cannot call
-    arbitrary Python; nothing of the module is run here but its ``state_dict``.
+    ``torch.jit.load`` reads the archive's code into the TorchScript interpreter, which runs no Python, but
+    TorchScript is code all the same: callers pass only archives they trust (OpenAI's, by SHA256).
     """
     _check_readable(path)
     try:

@@ -93,11 +93,16 @@ SMALL = dict(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")  # tracing, deprecated
-def test_openai_formats_load_without_unpickling_code(tmp_path):
+def test_openai_formats_load_without_unpickling_code(tmp_path, monkeypatch):
     """What clip.load(jit=False) reads: a TorchScript archive (OpenAI's files: torch.jit.load, then its
     weights), a state dict (torch.load with weights_only=True), and a safetensors state dict. Each gives
-    the model clip.model.build_model makes of the same weights; captions match it bit for bit."""
+    the model clip.model.build_model makes of the same weights; captions match it bit for bit. A
+    TorchScript archive runs its own code when loaded, so one whose SHA256 is not OpenAI's is refused."""
     from safetensors.torch import save_file
+
+    from vtr.extract import clip_encoder
+    from vtr.extract.weights import sha256_file
+    from vtr.safe_load import LoadError
 
     torch.manual_seed(0)
     model = clip.model.CLIP(**SMALL).eval()
@@ -107,6 +112,10 @@ def test_openai_formats_load_without_unpickling_code(tmp_path):
     torch.jit.save(traced, tmp_path / "jit.pt")
     torch.save(model.state_dict(), tmp_path / "state.pt")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "state.safetensors")
+    with pytest.raises(LoadError, match="refused: a TorchScript archive runs its own code"):
+        load_clip(str(tmp_path / "jit.pt"), device="cpu", precision="fp32")
+    # the test's archive stands in for one of OpenAI's published files
+    monkeypatch.setattr(clip_encoder, "TRUSTED_TORCHSCRIPT", {sha256_file(tmp_path / "jit.pt")})
     with torch.no_grad():
         expected = want.encode_text(tokens)
         for name in ("jit.pt", "state.pt", "state.safetensors"):

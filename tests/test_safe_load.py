@@ -200,9 +200,13 @@ def test_malicious_clip_checkpoint_is_refused_by_extract(byo_root, tmp_path):
     assert not marker.exists()
 
 
-def test_a_payload_dressed_as_torchscript_is_refused(byo_root, tmp_path):
-    """A zip laid out like a TorchScript archive (constants.pkl, code/) whose data.pkl holds the payload:
+def test_a_payload_dressed_as_torchscript_is_refused(byo_root, tmp_path, monkeypatch):
+    """A zip laid out like a TorchScript archive (constants.pkl, code/) whose data.pkl holds the payload: a
+    TorchScript archive that is not one of OpenAI's files is refused unread; and even one taken for OpenAI's,
     torch.jit.load's unpickler resolves no Python globals, and vtr names what it refused."""
+    from vtr.extract import clip_encoder
+    from vtr.extract.weights import sha256_file
+
     marker = tmp_path / "pwned"
     src = tmp_path / "src.pt"
     torch.save({"w": torch.zeros(2), "note": Payload(marker)}, src)
@@ -212,6 +216,9 @@ def test_a_payload_dressed_as_torchscript_is_refused(byo_root, tmp_path):
             zout.writestr("archive/" + item.filename.split("/", 1)[1], zin.read(item))
         zout.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
         zout.writestr("archive/code/__torch__/m.py", "")
+    one_error_line(extract_with(byo_root, fake), f"{fake}: refused: a TorchScript archive runs its own code")
+    assert not marker.exists()
+    monkeypatch.setattr(clip_encoder, "TRUSTED_TORCHSCRIPT", {sha256_file(fake)})
     one_error_line(extract_with(byo_root, fake), f"{fake}: refused: it holds Python objects (posix.system)")
     assert not marker.exists()
 
