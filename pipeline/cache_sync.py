@@ -18,13 +18,13 @@ the cached one and sorts the differences by what they cost (docs/cache.md has th
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtr.cache import FAILED
+from vtr.extract.weights import sha256_file
 from vtr.records import Dataset, VideoItem
 
 UNKNOWN = (-1, -1)
@@ -113,14 +113,6 @@ def plan_sync(dataset: Dataset, rows: dict, *, retry_failed: bool = False, keep_
     else:
         plan.removed_videos, plan.removed_texts = gone_v, gone_t
     return plan
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def annotation_files(dataset: Dataset) -> list[dict]:

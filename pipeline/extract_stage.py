@@ -75,9 +75,10 @@ class ExtractStats:
     captions_kept: int = 0
 
     def sync_changes(self) -> dict:
-        """The counts of what this run changed to follow the annotations (nonzero ones)."""
+        """The counts of what this run changed to follow the annotations (nonzero ones). Rows kept by
+        keep_removed are no change: counting them would rewrite the cache on every rerun."""
         keys = ("videos_changed", "captions_changed", "videos_updated", "captions_updated", "videos_removed",
-                "captions_removed", "videos_kept", "captions_kept")
+                "captions_removed")
         return {k: getattr(self, k) for k in keys if getattr(self, k)}
 
     def as_dict(self) -> dict:

@@ -9,6 +9,7 @@ captions held out of the bank, and stored with it.
 """
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from vtr import __version__
+from vtr.files import atomic_write_bytes
 from vtr.records import CacheTensors
 from vtr.search import store
 from vtr.search.moments import complete_frame_times
@@ -138,7 +140,16 @@ def build_index(cache: Path, out: Path, run: Path | None = None, zero_shot: bool
     kept = set(keep)
     new_ids = [i for i in (data.video_ids[r] for r in rows) if i not in kept]
     ids = keep + new_ids
-    if not new_ids and old is not None and keep and old["meta"]["cache"] == cache_id:
+
+    bank_data = data.select(bank_split)
+    bank_ids = sorted(bank_data.text_ids)
+    bank_key = store.settings_sha256({"ids": bank_ids, "split": bank_split})
+    exact = factory == EXACT
+    qb = exact and len(bank_data.text_ids) > 0 and len(bank_data.video_ids) > 0
+    # up to date only if nothing asked differs either: the QB-Norm bank (--bank-split) and --search-params
+    same_options = old is not None and old["meta"].get("search_params", "") == search_params and \
+        (old["meta"].get("bank") or {}).get("key") == (bank_key if qb else None)
+    if not new_ids and old is not None and keep and old["meta"]["cache"] == cache_id and same_options:
         log(f"{out}: up to date ({len(ids)} videos)")
         return out
 
@@ -147,11 +158,6 @@ def build_index(cache: Path, out: Path, run: Path | None = None, zero_shot: bool
     if not len(new_vectors):
         new_vectors = np.zeros((0, old["index"].d - (1 if old["meta"]["qbnorm"] else 0)), np.float32)
 
-    bank_data = data.select(bank_split)
-    bank_ids = sorted(bank_data.text_ids)
-    bank_key = store.settings_sha256({"ids": bank_ids, "split": bank_split})
-    exact = factory == EXACT
-    qb = exact and len(bank_data.text_ids) > 0 and len(bank_data.video_ids) > 0
     stats, bank_recomputed = None, False
     if exact:
         before = _exact_vectors(old, len(keep))
@@ -202,15 +208,15 @@ def build_index(cache: Path, out: Path, run: Path | None = None, zero_shot: bool
             f"the fps and durations")
 
     out.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(out / (store.ENGINE + ".tmp")))
-    (out / (store.ENGINE + ".tmp")).replace(out / store.ENGINE)
+    atomic_write_bytes(out / store.ENGINE, faiss.serialize_index(index).tobytes())
     store.write_json(out / store.VIDEOS, {
         "ids": ids, "paths": [_relative(path_of[i], root) for i in ids], "rows": index_rows.tolist(),
         "captions": [captions.get(int(r), []) for r in index_rows]})
     store.write_npy(out / store.TIMES, times)
     if stats is not None:
-        stats.save(out / (store.BANK + ".tmp.npz"))
-        (out / (store.BANK + ".tmp.npz")).replace(out / store.BANK)
+        buf = io.BytesIO()
+        stats.save(buf)
+        atomic_write_bytes(out / store.BANK, buf.getvalue())
     meta = {
         "format": store.FORMAT, "vtr_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": run_id, "cache": cache_id, "split": split, "model": head.name, "experts": expert_names(head),

@@ -15,12 +15,15 @@ from another one). Every file is written under a temporary name and renamed; ind
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
+from vtr.extract.weights import sha256_file
+from vtr.files import atomic_write_bytes
 
 FORMAT = 1
 META, ENGINE, VIDEOS, TIMES, BANK = "index.json", "vectors.faiss", "videos.json", "frame_times.npy", "bank.npz"
@@ -28,14 +31,6 @@ META, ENGINE, VIDEOS, TIMES, BANK = "index.json", "vectors.faiss", "videos.json"
 
 class IndexStale(ValueError):
     """An index folder that no longer matches its run or cache, or that is not an index at all."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_identity(run_dir: Path | None, checkpoint: str | None) -> dict:
@@ -69,23 +64,14 @@ def current_cache_identity(cache: Path) -> dict:
     return cache_identity(cache, settings, len(m["videos"]["ids"]), len(m["texts"]["ids"]))
 
 
-def atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj) -> None:
-    atomic_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def write_npy(path: Path, a: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, a)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.save(buf, a)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def read_meta(folder: Path) -> dict:

@@ -140,6 +140,8 @@ def test_video_removed_from_annotations_is_reported_and_removed(byo, tmp_path):
     r = _ok(_extract(byo, kept, "--keep-removed"))
     assert "keeping 1 videos and 2 captions" in r.output
     assert gone in read_cache(kept).video_ids
+    r = _ok(_extract(byo, kept, "--keep-removed"))  # kept rows are no change: the rerun has nothing to do
+    assert "nothing to do" in r.stdout and "keeping 1 videos and 2 captions" in r.output
 
     r = _ok(_extract(byo, out))
     assert "removing 1 videos and 2 captions that are no longer in the annotations" in r.output

@@ -185,6 +185,10 @@ def test_grown_cache_adds_only_new_videos_and_stale_is_refused(toy, tmp_path):
         np.testing.assert_array_equal(grown.rank_vectors(q, 20, qb)[1], fresh.rank_vectors(q, 20, qb)[1])
     build_index(cache, out, run, split="test", progress=False)  # nothing new: nothing encoded, index unchanged
     assert json.loads((out / "index.json").read_text())["last_update"]["videos_encoded"] == 30
+    build_index(cache, out, run, split="test", bank_split="test", progress=False)  # another QB-Norm bank asked
+    rebanked = json.loads((out / "index.json").read_text())
+    assert rebanked["bank"]["split"] == "test" and rebanked["last_update"]["bank_recomputed"]
+    assert rebanked["last_update"]["videos_encoded"] == 0
 
     with pytest.raises(IndexStale, match="not of this"):  # another run into the same folder
         build_index(cache, out, zero_shot=True, split="test", progress=False)
