@@ -28,13 +28,15 @@ import torch
 from vtr.cache import read_cache
 from vtr.eval.evaluate import evaluate
 from vtr.eval.report import format_table, write_json
-from vtr.extract.clip_encoder import load_clip
+from vtr.extract.clip_loader import load_clip
 from vtr.extract.datasets import load_dataset
 from vtr.extract.synthetic import ACTIONS, COLORS, SCENES, SHAPES, canonical_caption
-from vtr.extract_stage import encode_captions, run_extract
+from vtr.extract.stage import encode_captions, run_extract
 from vtr.train.fit import FitConfig, fit_tensors
 from vtr.train.heads import MeanP, video_batch
 from vtr.train.runs import load_run
+
+from cpu_info import print_machine  # bench/cpu_info.py, beside this script
 
 HEADS = [("seqTransf", "seqTransf", {}), ("camoe-nogate", "camoe", {"gate": False}), ("camoe", "camoe", {})]
 SWAPS = ("action", "entity", "scene")
@@ -88,6 +90,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed of the clips, of training and of the swaps")
     ap.add_argument("--json", type=Path, help="write both tables as JSON here")
     args = ap.parse_args(argv)
+    print_machine("fp32")  # the clips are encoded in fp32 on every CPU (below)
     torch.set_num_threads(torch.get_num_threads())
 
     root = args.workdir / "synthetic"

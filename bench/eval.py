@@ -13,6 +13,10 @@ videos (V2T), the size of the test set,
 so it scores two bank matrices of the same size besides the test one. ``matmul`` is the baseline: one pass
 of text x video products over the same tiles and nothing else (no ranking).
 
+It first prints the machine (``bench/cpu_info.py``: CPU model, the instruction sets that decide its speed,
+torch's CPU kernels) and the precision of the scores (float32 products, DSL's normalisers in float64), and
+stores them in the JSON as ``machine``: figures from CPUs of another kind do not apply.
+
 Every run happens in a fresh subprocess, so runs cannot share memory or warm caches; its peak memory is the
 ``ru_maxrss`` of that whole process (Python, torch and the embeddings included, not only the ranking).
 Seconds cover the ranking alone, not the making of the random embeddings: the best of ``--repeat`` runs in that
@@ -29,6 +33,7 @@ import sys
 import time
 
 MODES = ("raw", "dsl", "dsl_streamed", "qbnorm")
+PRECISION = "fp32 (scores and products in float32; DSL's and QB-Norm's normalisers in float64)"
 RESCORE = {"raw": "none", "dsl": "dsl", "dsl_streamed": "dsl", "qbnorm": "qbnorm"}
 DIM = 512
 
@@ -50,7 +55,7 @@ def worker(size: int, mode: str, chunk: int, threads: int | None = None, repeat:
         torch.set_num_threads(threads)
 
     from vtr.eval.evaluate import DSL_MEMORY_MIB, TileScorer, chunked_ranks
-    from vtr.eval.metrics import plan_blocks
+    from vtr.core.metrics import plan_blocks
     from vtr.train.heads import MeanP
 
     head = MeanP(DIM)
@@ -119,7 +124,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", metavar="PATH", help="Also write the runs as JSON: {\"runs\": [...]}.")
     parser.add_argument("--worker", choices=MODES + ("matmul",), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from vtr.eval.metrics import DEFAULT_TILE
+    from vtr.core.metrics import DEFAULT_TILE
 
     chunk = args.chunk or DEFAULT_TILE
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -131,6 +136,9 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; choose among {', '.join(MODES)}")
 
+    from cpu_info import print_machine  # bench/cpu_info.py, beside this script
+
+    machine = print_machine(precision=PRECISION)
     runs = []
     for size in sizes:
         repeat = args.repeat or (3 if size < 100_000 else 1)
@@ -149,9 +157,9 @@ def main(argv=None) -> None:
     print("peak MiB: ru_maxrss of the whole run's process (Python, torch, embeddings and ranking), one fresh "
           "process per run")
     if args.json:
-        from vtr.files import atomic_write_text
+        from vtr.core.files import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({"runs": runs}, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps({"machine": machine, "runs": runs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 """Extraction speed: vtr's parallel ffmpeg decode + batched CLIP against its limits and the naive approach.
 
     python bench/extract.py [--n-clips 40] [--n-hd 4] [--batch 256] [--workers N] [--workdir DIR]
-                            [--quick] [--json extract_bench.json]
+                            [--quick] [--precision auto] [--quality-videos DIR] [--json extract_bench.json]
 
 All figures are frames encoded by CLIP per second of wall time, with the same randomly initialised
 ViT-B/32-shaped CLIP (``random:ViT-B/32``), the same batch size and the same frames per clip. vtr's
 figures use its default precision (``--precision auto``: bf16 on a CPU with bfloat16 instructions, fp16
-on a GPU, else fp32; ``--precision`` here changes it); b is also measured in fp32; the naive c runs stock
+on a GPU, int8 on other x86 CPUs when it passes its quality check on the first frames, else fp32;
+``--precision`` here changes it); b is also measured in fp32; the naive c runs stock
 CLIP as ``clip.load`` gives it (fp32 on the CPU, fp16 on a GPU; OpenAI's code unchanged, where vtr's image
 tower runs its MLPs fused, ``fuse_quick_gelu``), what users of the naive way run today:
-- a, the limit: ``encode_image`` alone on frames already decoded and normalised, at b's precision;
+- a, the limit: ``encode_image`` alone on frames already decoded and normalised, at the precision b used;
 - d, decode only: vtr's ffmpeg decode (same workers, same window), no CLIP;
 - bound: on a GPU, min(a, d) (decoding runs on the CPU beside it, so the slower of the two sets the
   pace); on the CPU, where decode and CLIP share the cores, 1 / (1/a + 1/d);
@@ -18,8 +19,12 @@ tower runs its MLPs fused, ``fuse_quick_gelu``), what users of the naive way run
 - c, naive: what CLIP4Clip's raw video extractor does, with PyAV: decode every frame in Python, take one
   frame a second, PIL bicubic resize + centre crop + ToTensor + Normalize per frame (CLIP's own
   transform), then the uniform choice of max_frames and CLIP in batches of the same size.
-a, d and b run as ``vtr extract`` runs, with idle OpenMP threads sleeping (``vtr.omp``); c runs in a process
+a, d and b run as ``vtr extract`` runs, with idle OpenMP threads sleeping (``vtr.core.omp``); c runs in a process
 of its own with the environment the script was started with, as a user's script would.
+- quality: the cosine of each frame's embedding at b's precision to its fp32 embedding (minimum and mean),
+  over real videos (``--quality-videos``, default /work/shared/data/videos where it exists, else the
+  benchmark's own), decoded as vtr decodes them; with random weights (``random:ViT-B/32``), so it is
+  int8's error on this architecture, not on trained CLIP's weights (``auto`` checks the user's own model).
 Targets: b >= 0.85 x bound, b >= 2 x c. The videos are made by this script with ffmpeg (testsrc2 with
 temporal noise, H.264): ``--n-clips`` clips of 10-30 s at 640x360 plus ``--n-hd`` at 1280x720, 30 fps.
 They are kept in ``--workdir`` (default: a temporary folder) and reused by later runs.
@@ -36,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vtr.omp import let_idle_threads_sleep, usable_cores
+from vtr.core.omp import let_idle_threads_sleep, usable_cores
 
 USER_ENV = dict(os.environ)  # for c, before vtr extract's OpenMP setting below
 if "--naive-only" not in sys.argv:
@@ -45,15 +50,19 @@ if "--naive-only" not in sys.argv:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vtr.device import resolve_device  # noqa: E402
-from vtr.extract.clip_encoder import CLIP_MEAN, CLIP_STD, build_random, load_clip  # noqa: E402
+from vtr.core.device import resolve_device  # noqa: E402
+from vtr.extract.clip_encoder import CLIP_MEAN, CLIP_STD, build_random  # noqa: E402
+from vtr.extract.clip_loader import load_clip
 from vtr.extract.decode import uniform_indices  # noqa: E402
-from vtr.extract_stage import DecodeOptions, decode_window, decoded_in_order, run_extract  # noqa: E402
-from vtr.records import Dataset, VideoItem  # noqa: E402
+from vtr.extract.precision import describe_gate  # noqa: E402
+from vtr.extract.stage import DecodeOptions, decode_window, decoded_in_order, run_extract  # noqa: E402
+from vtr.cache.records import Dataset, VideoItem  # noqa: E402
 
 from machine_load import LoadWatch, save  # noqa: E402  (bench/machine_load.py, beside this script)
+from cpu_info import machine_info, print_machine  # noqa: E402  (bench/cpu_info.py)
 
 TARGET_VS_BOUND, TARGET_VS_NAIVE = 0.85, 2.0
+QUALITY_VIDEOS = Path("/work/shared/data/videos")  # real clips of the build machines (SOURCES.md there)
 
 
 def cpu_seconds() -> float:
@@ -137,6 +146,27 @@ def vtr_end_to_end(paths, encoder, out: Path, workers: int, batch: int, max_fram
     if stats.videos_failed:
         raise RuntimeError(f"{stats.videos_failed} benchmark videos failed to decode")
     return stats.frames_encoded / stats.video_seconds, stats
+
+
+@torch.no_grad()
+def quality(paths, encoder, fp32, workers: int, max_frames: int, batch: int) -> dict:
+    """Cosine of ``encoder``'s embeddings to ``fp32``'s, frame by frame, on ``paths`` decoded at 2 frames a
+    second (``max_frames`` kept per video), encoded in batches of ``batch`` as run_extract batches them."""
+    opt = DecodeOptions(encoder.resolution, 2.0, max_frames, threads=1, nice=0)
+    _, frames = decode_only(paths, opt, workers, decode_window(workers, batch, max_frames))
+    x = np.concatenate(frames)
+    cos = []
+    for i in range(0, len(x), batch):
+        a, b = (torch.from_numpy(e.encode_frames(x[i:i + batch])).float() for e in (encoder, fp32))
+        cos.append(torch.nn.functional.cosine_similarity(a, b, dim=-1))
+    cos = torch.cat(cos)
+    return {"videos": len(paths), "frames": len(cos), "min_cosine": round(float(cos.min()), 6),
+            "mean_cosine": round(float(cos.mean()), 6)}
+
+
+def media_files(folder: Path) -> list[Path]:
+    """The video files of a folder (by extension), sorted."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".mp4", ".avi", ".mkv", ".webm", ".mov"})
 
 
 # ------------------------------------------------------------------------------------------ c (naive)
@@ -230,7 +260,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-clips", type=int, default=40, help="640x360 clips of 10-30 s")
     ap.add_argument("--n-hd", type=int, default=4, help="1280x720 clips of 10-30 s")
-    ap.add_argument("--quick", action="store_true", help="a fast check: 6 + 1 clips, batch 32")
+    ap.add_argument("--quick", action="store_true", help="a fast check (about 2 minutes on 2 quiet cores): 6 + 1 "
+                    "clips, batch 32, 12 frames per real video for the quality figure")
     ap.add_argument("--batch", type=int, default=256, help="frames per CLIP batch, for a, b and c alike")
     ap.add_argument("--max-frames", type=int, default=12, help="frames kept per clip (CLIP4Clip's uniform choice)")
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: one per usable core)")
@@ -238,10 +269,13 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch's threads for CLIP (default: torch's own, one per core)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                     help="vtr's CLIP precision for a and b (default: vtr's own default, auto)")
     ap.add_argument("--workdir", type=Path, help="keep the videos here (default: a temporary folder)")
     ap.add_argument("--skip-naive", action="store_true", help="do not measure c (it is the slowest part)")
+    ap.add_argument("--quality-videos", type=Path, default=QUALITY_VIDEOS if QUALITY_VIDEOS.is_dir() else None,
+                    help="real videos for the quality figure (default: /work/shared/data/videos where it exists, "
+                         "else the benchmark's own)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)  # c alone, on the videos given
     ap.add_argument("videos", nargs="*", help=argparse.SUPPRESS)
@@ -264,6 +298,7 @@ def main(argv=None) -> int:
     paths = make_videos(args.workdir / "videos", args.n_clips, args.n_hd)
     print(f"{len(paths)} videos in {args.workdir / 'videos'} ({time.perf_counter() - t:.0f} s to make or find)")
 
+    print_machine(f"{args.precision} asked (the precision used is printed with b)")
     encoder = load_clip("random:ViT-B/32", device=args.device, precision=args.precision)
     fp32 = load_clip("random:ViT-B/32", device=args.device, precision="fp32")
     stock_precision = "fp16" if fp32.device.type == "cuda" else "fp32"  # what stock_clip gives
@@ -271,16 +306,31 @@ def main(argv=None) -> int:
     nice = args.nice
     print(f"{encoder.describe()}; torch threads {torch.get_num_threads()}; {workers} decode workers "
           f"(ffmpeg -threads 1, nice {nice}); batch {args.batch}; {args.max_frames} frames per clip")
-    prec, prec_c = encoder.precision, f"stock CLIP, {stock_precision}"
+    prec_c = f"stock CLIP, {stock_precision}"
 
     opt = DecodeOptions(encoder.resolution, 1.0, args.max_frames, threads=1, nice=0)
     cpu = {}
     c0 = cpu_seconds()
     d, frames = decode_only(paths, opt, workers, decode_window(workers, args.batch, args.max_frames))
     cpu["d"] = (cpu_seconds() - c0) / sum(len(f) for f in frames)
-    c0 = cpu_seconds()
     print(f"d  decode only            {d:8.1f} frames/s  ({sum(len(f) for f in frames)} frames)")
-    a, n_a = clip_limit(encoder, frames, args.batch)
+
+    # b first: with --precision auto its first frames decide the precision (vtr.extract.precision), and
+    # that check's cost is part of b, as it is of every `vtr extract` run.
+    out = args.workdir / f"bench-{time.time_ns()}.h5"
+    c0 = cpu_seconds()
+    b, stats = vtr_end_to_end(paths, encoder, out, workers, args.batch, args.max_frames, nice)
+    prec = encoder.precision
+    print(f"b  vtr extract            {b:8.1f} frames/s  "
+          f"({prec}; {stats.frames_encoded} frames in {stats.video_seconds:.1f} s)")
+    if encoder.gate:
+        print(f"   auto's check on b's first frames: {describe_gate(encoder.gate)} -> {prec}")
+    cpu["b"] = (cpu_seconds() - c0) / stats.frames_encoded
+    out.unlink(missing_ok=True)
+
+    limit_encoder = fp32 if prec == "fp32" else load_clip("random:ViT-B/32", device=args.device, precision=prec)
+    c0 = cpu_seconds()
+    a, n_a = clip_limit(limit_encoder, frames, args.batch)
     cpu["a"] = (cpu_seconds() - c0) / n_a
     print(f"a  CLIP encode_image only {a:8.1f} frames/s  ({prec})")
     gpu = encoder.device.type == "cuda"
@@ -288,14 +338,7 @@ def main(argv=None) -> int:
     why = "min(a, d): decode runs beside the GPU" if gpu else "1/(1/a+1/d): decode and CLIP share the cores"
     print(f"   bound                  {bound:8.1f} frames/s  ({why})")
 
-    out = args.workdir / f"bench-{time.time_ns()}.h5"
-    c0 = cpu_seconds()
-    b, stats = vtr_end_to_end(paths, encoder, out, workers, args.batch, args.max_frames, nice)
-    print(f"b  vtr extract            {b:8.1f} frames/s  "
-          f"({prec}; {stats.frames_encoded} frames in {stats.video_seconds:.1f} s)")
-    cpu["b"] = (cpu_seconds() - c0) / stats.frames_encoded
-    out.unlink(missing_ok=True)
-    if encoder.precision == "fp32":  # b is already the fp32 figure
+    if prec == "fp32":  # b is already the fp32 figure
         b32, cpu["b_fp32"] = b, cpu["b"]
     else:
         out = args.workdir / f"bench-{time.time_ns()}-fp32.h5"
@@ -304,6 +347,16 @@ def main(argv=None) -> int:
         cpu["b_fp32"] = (cpu_seconds() - c0) / stats32.frames_encoded
         out.unlink(missing_ok=True)
     print(f"b  vtr extract, fp32      {b32:8.1f} frames/s  (fp32)")
+
+    quality_paths = media_files(args.quality_videos) if args.quality_videos else paths
+    q_where = str(args.quality_videos) if args.quality_videos else "the benchmark's own (synthetic) videos"
+    if prec == "fp32":
+        qual = {"videos": 0, "frames": 0, "min_cosine": 1.0, "mean_cosine": 1.0}
+        print("quality: b ran in fp32, the reference itself")
+    else:
+        qual = quality(quality_paths, limit_encoder, fp32, workers, 12 if args.quick else 32, args.batch)
+        print(f"quality: {prec} vs fp32 on {qual['frames']} frames of {qual['videos']} videos in {q_where}: "
+              f"min cosine {qual['min_cosine']:.5f}, mean {qual['mean_cosine']:.5f} (random weights: see the doc)")
     c, n_naive, cpu["c"] = (float("nan"), 0, float("nan")) if args.skip_naive else naive_in_own_process(paths, args)
     if not args.skip_naive:
         print(f"c  naive (PyAV + PIL)     {c:8.1f} frames/s  ({prec_c}; {n_naive} frames)")
@@ -323,6 +376,8 @@ def main(argv=None) -> int:
         "videos": len(paths), "frames": stats.frames_encoded, "batch": args.batch, "max_frames": args.max_frames,
         "workers": workers, "nice": nice, "device": str(encoder.device), "torch_threads": torch.get_num_threads(),
         "cores": usable_cores(),
+        "quality_vs_fp32": {**qual, "precision": prec, "where": q_where},
+        "auto_check": encoder.gate, "machine": machine_info(prec),
         "cpu_ms_per_frame": {k: round(1000 * v, 1) for k, v in cpu.items() if v == v},
     }
     load_line = load.finish(res, usable_cores())
@@ -351,6 +406,8 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v}" for k, v in cm.items())
           + f"; a + d = {cm['a'] + cm['d']:.1f}, so b does {(cm['a'] + cm['d']) / cm['b']:.2f} x the useful work per "
           f"CPU second" + (f"; c / b = {cm['c'] / cm['b']:.2f}" if "c" in cm else ""))
+    print(f"quality of b's embeddings ({prec}) against fp32: min cosine {qual['min_cosine']:.5f}, mean "
+          f"{qual['mean_cosine']:.5f} over {qual['frames']} frames of {q_where}")
     print(load_line)
     save(res, args.json)
     if tmp is not None:

@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from cpu_info import print_machine  # bench/cpu_info.py, beside this script
+
 HEADS = {"camoe": (4, 512), "meanP": (1, 512)}
 FACTORIES = "IVF{nlist},SQ8|nprobe=32;IVF{nlist},PQ64|nprobe=32;HNSW32|efSearch=64"
 K = 10
@@ -273,6 +275,7 @@ def main(argv=None) -> int:
     if args.encode_worker:
         print(json.dumps(encode_worker(args.encode_queries)))
         return 0
+    print_machine("fp32")  # queries are encoded in fp32
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
         for head in args.heads.split(","):

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from vtr.extract import parse as P
-from vtr.omp import usable_cores
-from vtr.extract.clip_encoder import load_clip
+from vtr.core.omp import usable_cores
+from vtr.extract.clip_loader import load_clip
 from vtr.extract.datasets import load_dataset
-from vtr.extract_stage import encode_captions, encode_sorted
+from vtr.extract.stage import encode_captions, encode_sorted
 
 from machine_load import LoadWatch, save  # bench/machine_load.py, beside this script
+from cpu_info import print_machine  # bench/cpu_info.py
 
 ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotations" / "msvd"
 TARGET = 5.0
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
+    print_machine("fp32 (CLIP's text tower runs in fp32 at every --precision)")
 
     load = LoadWatch()
     ds = load_dataset("msvd", args.annotations, annotations=args.annotations, check_videos=False)

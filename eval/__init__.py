@@ -1,1 +1,1 @@
-"""Ranking metrics, inference-time re-scoring (DSL, QB-Norm) and reports."""
+"""The eval stage: rank a run's head (or zero-shot CLIP) on a cache split, raw or re-scored, into reports."""

@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import tabulate
 
-from vtr.files import atomic_write_text
+from vtr.core.files import atomic_write_text
 
 METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 TRANSDUCTIVE_FOOTNOTE = "* DSL at inference uses all test queries at once (transductive)"
@@ -33,12 +34,14 @@ def format_table(reports: list[dict]) -> str:
     """
     header = ["model"] + [f"T2V {m}" for m in METRICS] + [f"V2T {m}" for m in METRICS]
     rows = [[_name(r)] + [f"{r[d][m]:.1f}" for d in ("t2v", "v2t") for m in METRICS] for r in reports]
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+    # tabulate widens every header by its module setting MIN_PADDING; 0 sizes each column to its widest cell.
+    saved, tabulate.MIN_PADDING = tabulate.MIN_PADDING, 0
+    try:
+        table = tabulate.tabulate(rows, header, tablefmt="simple", disable_numparse=True,
+                                  colalign=["left"] + ["right"] * (len(header) - 1))
+    finally:
+        tabulate.MIN_PADDING = saved
+    out = [table]
     if any(r.get("transductive") for r in reports):
         out.append(TRANSDUCTIVE_FOOTNOTE)
     # Only the warnings go under the table (random CLIP, captions left out); other notes stay in the JSON.

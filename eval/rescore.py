@@ -5,9 +5,9 @@ place of the raw scores. Helpers named ``*_t2v`` / ``*_v2t`` take the usual text
 return texts x videos, so ``metrics.t2v_ranks`` / ``metrics.v2t_ranks`` apply unchanged (V2T still takes
 the max over a video's captions, now on the re-scored values). These whole-matrix forms are the definitions.
 
-``vtr.eval.evaluate`` applies the same re-scoring one tile at a time, with the pieces below: ``snap_ties``,
+``vtr.eval.rescorers`` applies the same re-scoring one tile at a time, with the pieces below: ``snap_ties``,
 ``dsl_direct``, and ``QueryBankStats``, which ``qbnorm`` itself uses, so both gather the bank's statistics the
-same way.
+same way. DSL's formula is training's (``vtr.train.losses.dual_softmax``) with a tie-safe softmax.
 
 A tie stays a tie: the re-scored value of a score depends only on that score and its column's (or row's)
 log-sum-exp, and two columns holding the same numbers, in any order, get the same log-sum-exp (``snap_ties``).
@@ -19,7 +19,8 @@ from typing import Iterable
 
 import torch
 
-from vtr.eval.metrics import NONFINITE_SCORES
+from vtr.core.metrics import require_finite
+from vtr.train.losses import dual_softmax
 
 BANK_CHUNK = 4096
 # Sums of the same n terms in two orders differ by float64 rounding, about sqrt(n) * 2^-53; values closer than
@@ -35,8 +36,7 @@ def _as_tensor(x) -> torch.Tensor:
 def _finite(x) -> torch.Tensor:
     """``x`` as a float32 tensor; ValueError when it holds NaN or an infinity (ranks would be undefined)."""
     s = _as_tensor(x)
-    if not torch.isfinite(s).all():
-        raise ValueError(NONFINITE_SCORES)
+    require_finite(s)
     return s
 
 
@@ -80,13 +80,16 @@ def dsl(sim, temperature: float = 1.0) -> torch.Tensor:
     Transductive: every query's score depends on all the other test queries, so results are not those
     of a system answering one query at a time. Reports must say so.
 
-    Computed and returned in float64 as ``S * exp(S / temperature - lse) * n``, with each column's lse from
-    ``logsumexp_tie_safe``: equal scores in columns holding the same numbers stay equal. NaN or infinite scores
-    raise ValueError.
+    Training's formula (``dual_softmax``), computed and returned in float64 with the softmax taken as
+    ``exp(S / temperature - lse)``, each column's lse from ``logsumexp_tie_safe``: equal scores in columns
+    holding the same numbers stay equal. NaN or infinite scores raise ValueError.
     """
-    s = _finite(sim).double()
-    logits = s / temperature
-    return s * torch.exp(logits - logsumexp_tie_safe(logits, 0)) * s.shape[0]
+    return dual_softmax(_finite(sim).double(), temperature, softmax=_tie_safe_softmax)
+
+
+def _tie_safe_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 0 whose columns holding the same numbers, in any order, get bit-equal normalisers."""
+    return torch.exp(logits - logsumexp_tie_safe(logits, 0))
 
 
 def dsl_t2v(sim, temperature: float = 1.0) -> torch.Tensor:
@@ -111,7 +114,7 @@ def _bank_chunks(bank_sim, chunk: int) -> Iterable[torch.Tensor]:
     return (_as_tensor(c) for c in bank_sim)
 
 
-# Chunked DSL (``vtr.eval.evaluate._Dsl``) derives V2T's values from T2V's through per-video and per-caption
+# Chunked DSL (``vtr.eval.rescorers.dsl.DslValues``) derives V2T's values from T2V's through per-video and per-caption
 # factors shifted by C, the matrix's largest logit. A video or caption whose lse is more than SHARED_SHIFT_RANGE
 # below C is computed directly, so no value that matters comes near float32's underflow at exp(-87).
 SHARED_SHIFT_RANGE = 30.0
@@ -150,8 +153,7 @@ class QueryBankStats:
                              f"{tuple(block.shape)} at column {col0}")
         if len(block) == 0:
             return
-        if not torch.isfinite(block.sum()) and not torch.isfinite(block).all():
-            raise ValueError(NONFINITE_SCORES)
+        require_finite(block)
         if col0 == 0:
             self._close_rows()
             self.n_bank += len(block)

@@ -20,11 +20,12 @@ import io
 import json
 from pathlib import Path
 
-from vtr.extract.paths import (AnnotationError, DatasetBuilder, ext_rank, read_lines, safe_join, split_ext,
-                               videos_folder)
-from vtr.records import SPLITS, Dataset
+from vtr.extract.dataset_builder import (AnnotationError, DatasetBuilder, ReaderOption, ext_rank, read_lines,
+                                         safe_join, split_ext, videos_folder)
+from vtr.cache.records import SPLITS, Dataset
 
 NAMES = ("annotations.csv", "annotations.jsonl")
+OPTIONS = (ReaderOption("default_split", "the split of rows that name none.", default="test", choices=SPLITS),)
 
 
 def read_byo(root: Path, annotations: Path | None = None, *, default_split: str = "test",

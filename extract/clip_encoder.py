@@ -1,6 +1,7 @@
-"""Frozen CLIP: load it (OpenAI name, local checkpoint, or a seeded random model) and encode with it.
+"""Frozen CLIP: build it (OpenAI name, local checkpoint, or a seeded random model) and encode with it.
+`vtr.extract.clip_loader.load_clip` is the entry point for every ``--clip`` spec.
 
-Three ways to name a model (``--clip``):
+The ways to name a model (``--clip``):
 
 - an OpenAI name (``ViT-B/32``, ``ViT-B/16``, ``RN50``, ...): the weights file in the clip package's cache
   folder (``~/.cache/clip``, or ``--clip-cache``), checked against the SHA256 in OpenAI's URL; a missing
@@ -9,15 +10,19 @@ Three ways to name a model (``--clip``):
 - a path to a checkpoint: an OpenAI JIT archive or state dict (as ``clip.load`` takes), a safetensors state
   dict, or a dict ``{"config": {CLIP(...) keyword arguments}, "state_dict": ...}`` for custom sizes, whose
   head counts ``clip.model.build_model`` would otherwise re-infer wrongly as width // 64. Each is read as
-  plain data (`vtr.safe_load`): a file that holds Python objects is refused, never unpickled.
+  plain data (`vtr.core.safe_load`): a file that holds Python objects is refused, never unpickled.
+- ``open_clip:ARCH:PRETRAINED`` / ``random:open_clip:ARCH[:SEED]``: an open_clip backbone (the optional
+  extra ``vtr[open_clip]``), loaded by `vtr.extract.open_clip_encoder`; see docs/backbones.md.
 - ``random:tiny`` / ``random:ViT-B/32`` (optionally ``random:tiny:SEED``): randomly initialised weights of
   that shape, for offline tests and the demo. Its embeddings carry information about the pixels and the
   tokens, but the two towers share no embedding space: zero-shot retrieval with it is at chance, and no
   number made with it says anything about CLIP on real data. Caches and reports label it.
 
 Precision (``--precision``, `PRECISIONS`): ``auto`` is fp16 on a GPU (as OpenAI's CLIP runs there), bf16
-on a CPU with native bfloat16 instructions (autocast over fp32 weights for the image tower: about
-1.7-2x faster, cosine to fp32 >= 0.9999; captions stay fp32, exact), and fp32 otherwise. ``fp32`` is the model's plain forward.
+on a CPU with native bfloat16 instructions (autocast over fp32 weights for the image tower; captions stay fp32, exact; docs/performance.md has the measured speed and
+error), and on other x86 CPUs with AVX2 int8
+for the image tower if it passes a quality check on the first frames, else fp32 (`vtr.extract.precision`).
+``fp32`` is the model's plain forward.
 """
 from __future__ import annotations
 
@@ -29,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtr.device import resolve_device
 # ClipWeightsMissing, default_clip_cache and sha256_file are also imported from here by callers.
 from vtr.extract.weights import (OPENAI_CLIP_URLS, ClipWeightsMissing, clip_model_urls, clip_weights,  # noqa: F401
                                  default_clip_cache, sha256_file)
-from vtr.safe_load import LoadError, is_torchscript, load_safetensors, load_torch, load_torchscript_state
+from vtr.core.safe_load import LoadError, is_torchscript, load_safetensors, load_torch, load_torchscript_state
+from vtr.extract.precision import (describe_gate, encode_first_frames, int8_available, prepare_int8,
+                                   quantize_image_tower)
 
 # CLIP's image normalisation (OpenAI's preprocessing).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -58,7 +64,7 @@ RANDOM_ARCHS = {
 # instructions, fp32 otherwise. bf16 runs the fp32 weights under torch.autocast (matrix products in
 # bfloat16, accumulation and normalisation in float32); fp16 converts the weights, as OpenAI's CLIP does
 # on a GPU. Either way embeddings come out as float32 and are stored as float16.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # x86 /proc/cpuinfo flags of native bfloat16 matrix instructions (AVX512-BF16, AMX). Without them oneDNN
 # emulates bf16, which is no faster than fp32; other CPUs (ARM) are not measured here, so they get fp32.
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -98,7 +104,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda":
             return "fp16"
-        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+        if device.type != "cpu" or cpu_has_native_bf16():
+            return "bf16" if device.type == "cpu" else "fp32"
+        # int8 or fp32, decided on the first frames encoded (ClipEncoder.encode_image): "auto" until then
+        return "auto" if int8_available(cpu_flags()) else "fp32"
+    if precision == "int8" and not (device.type == "cpu" and int8_available(cpu_flags())):
+        raise ValueError(f"--precision int8 runs on x86 CPUs with AVX2 (torch's fbgemm engine); not on {device} "
+                         f"here: use fp32")
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"--precision fp16 runs CLIP's weights in float16, which only a GPU does fast; on "
                          f"{device} use bf16 (fast where the CPU has bfloat16 instructions) or fp32")
@@ -124,7 +136,18 @@ class ClipEncoder:
     sha256: str  # of the weights file, or of the random model's state dict
     is_random: bool
     device: torch.device
-    precision: str = "fp32"  # resolved: fp32, bf16 or fp16 (see PRECISIONS)
+    precision: str = "fp32"  # resolved: fp32, bf16, fp16 or int8, or auto until the first frames (PRECISIONS)
+    gate = None  # auto's int8 check, once made (vtr.extract.precision.encode_first_frames): what it measured
+    # How ffmpeg fits frames to the model (vtr.extract.decode): OpenAI's CLIP resizes the short side
+    # (bicubic) and crops the centre; open_clip models take theirs from their own config.
+    resize_mode = "shortest"
+    interpolation = "bicubic"
+    image_mean, image_std = CLIP_MEAN, CLIP_STD
+
+    def extra_settings(self) -> dict:
+        """Cache settings beyond the common ones (vtr.extract.stage.cache_settings): none for OpenAI's CLIP,
+        so its caches stay as they were; open_clip models add their architecture, weights and preprocessing."""
+        return {}
 
     @property
     def resolution(self) -> int:
@@ -142,8 +165,8 @@ class ClipEncoder:
         """(255 * mean, 1 / (255 * std)) in float32 on the model's device, made once: uint8 pixels then
         need one subtraction and one multiplication, both in place."""
         if getattr(self, "_norm", None) is None:
-            mean = torch.tensor(CLIP_MEAN, dtype=torch.float64).view(1, 3, 1, 1) * 255
-            scale = 1.0 / (torch.tensor(CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1) * 255)
+            mean = torch.tensor(self.image_mean, dtype=torch.float64).view(1, 3, 1, 1) * 255
+            scale = 1.0 / (torch.tensor(self.image_std, dtype=torch.float64).view(1, 3, 1, 1) * 255)
             self._norm = (mean.to(self.device, torch.float32), scale.to(self.device, torch.float32))
         return self._norm
 
@@ -166,6 +189,8 @@ class ClipEncoder:
         `dtype`) -> float32 embeddings [B, D] on the device."""
         # On the CPU, batches run in slices of CPU_IMAGE_SLICE: the activations of 256 frames (80 MB for one
         # ViT-B/32 MLP) overflow the caches, and 64 at a time was 4-10% faster per frame on 2 cores.
+        if self.precision == "auto":  # the first frames: int8 if it passes the quality check, else fp32
+            return encode_first_frames(self, x)
         step = CPU_IMAGE_SLICE if self.device.type == "cpu" else len(x)
         with self._autocast():
             if len(x) <= step:
@@ -224,7 +249,9 @@ class ClipEncoder:
 
     def describe(self) -> str:
         label = " (random weights: not meaningful for real retrieval)" if self.is_random else ""
-        return f"CLIP {self.name}{label}, {self.resolution}px, {self.dim}-d, on {self.device} in {self.precision}"
+        how = " (int8 or fp32, checked on the first frames)" if self.precision == "auto" else (
+            f" ({describe_gate(self.gate)})" if self.gate else "")
+        return f"CLIP {self.name}{label}, {self.resolution}px, {self.dim}-d, on {self.device} in {self.precision}{how}"
 
 
 def _state_sha256(model: torch.nn.Module) -> str:
@@ -242,20 +269,21 @@ QUICK_GELU = 1.702
 
 
 @torch.no_grad()
-def fuse_quick_gelu(transformer: torch.nn.Module) -> int:
+def fuse_quick_gelu(transformer: torch.nn.Module, quick_gelu_types: tuple[type, ...] | None = None) -> int:
     """Rewrite each MLP ``c_proj(QuickGELU(c_fc(x)))`` of ``transformer`` as ``c_proj'(silu(c_fc'(x)))``, with
     1.702 folded into c_fc and 1 / 1.702 into c_proj: the same function, up to rounding, with one SiLU kernel
     where QuickGELU runs three elementwise ops over the widest activation. Returns the MLPs rewritten.
 
     On the image tower of random:ViT-B/32 in bf16 (2 cores, batch 64), 30.6 -> 26.3 ms per image, minimum
     cosine 0.99994 to the unfused output (bf16's own rounding), in a one-off timing; bench/extract.py
-    measures whole extractions.
+    measures whole extractions. ``quick_gelu_types``: the activation classes that are QuickGELU (default
+    OpenAI clip's; open_clip has its own); an MLP with any other activation (GELU) is left as it is.
     """
-    clip = _import_clip()
+    types = quick_gelu_types or (_import_clip().model.QuickGELU,)
     n = 0
     for block in getattr(transformer, "resblocks", []):
         mlp = getattr(block, "mlp", None)
-        if mlp is None or not isinstance(getattr(mlp, "gelu", None), clip.model.QuickGELU):
+        if mlp is None or not isinstance(getattr(mlp, "gelu", None), types):
             continue
         mlp.c_fc.weight.mul_(QUICK_GELU)
         mlp.c_fc.bias.mul_(QUICK_GELU)
@@ -265,12 +293,17 @@ def fuse_quick_gelu(transformer: torch.nn.Module) -> int:
     return n
 
 
-def _finish(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+def _finish(model: torch.nn.Module, device: torch.device, precision: str,
+            quick_gelu_types: tuple[type, ...] | None = None) -> torch.nn.Module:
     """The model on ``device`` for inference in ``precision``. The image tower's MLPs are fused
     (`fuse_quick_gelu`); the text tower is left as it is, so captions stay exactly CLIP's."""
-    fuse_quick_gelu(getattr(model.visual, "transformer", None))
+    fuse_quick_gelu(getattr(model.visual, "transformer", None), quick_gelu_types)
     model = model.to(device).eval()
     model = model.half() if precision == "fp16" else model.float()  # bf16 keeps fp32 weights (autocast)
+    if precision == "int8":
+        model.visual = quantize_image_tower(model.visual)
+    elif precision == "auto":  # int8 made now, kept aside until the first frames decide (vtr.extract.precision)
+        prepare_int8(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -321,35 +354,3 @@ def _load_checkpoint(path: Path, sha256: str):
         raise LoadError(f"{path}: not a CLIP checkpoint ({type(e).__name__}: {why})") from None
     raise LoadError(f"{path}: not a CLIP checkpoint (expected a TorchScript archive, a state dict, or "
                     "{\"config\", \"state_dict\"})")
-
-
-def load_clip(spec: str, device: str = "auto", download_root: str | Path | None = None,
-              precision: str = "auto", *, offline: bool | None = None, progress: bool = True,
-              log=None) -> ClipEncoder:
-    """Load a frozen CLIP by OpenAI name, checkpoint path or ``random:SHAPE[:SEED]`` (see the module doc).
-
-    ``precision`` is one of `PRECISIONS` (see `resolve_precision`); checked before any weights are read.
-    An OpenAI name whose file is missing is downloaded into ``download_root`` unless ``offline`` (None:
-    the ``VTR_OFFLINE`` environment variable decides); ``progress`` shows the download's bar.
-    """
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    if spec.startswith("random:"):
-        arch, _, seed = spec[len("random:"):].partition(":")
-        model = build_random(arch, int(seed or 0))
-        digest = _state_sha256(model)  # of CLIP's own weights, before _finish fuses some
-        return ClipEncoder(_finish(model, dev, prec), spec, digest, True, dev, prec)
-
-    names = clip_model_urls()
-    if spec in names:
-        path, digest = clip_weights(spec, download_root, offline=offline, progress=progress, log=log)
-        return ClipEncoder(_finish(_load_checkpoint(path, digest), dev, prec), spec, digest, False, dev, prec)
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        digest = sha256_file(path)
-        return ClipEncoder(_finish(_load_checkpoint(path, digest), dev, prec), str(path), digest, False, dev, prec)
-    raise ClipWeightsMissing(
-        f"--clip {spec}: neither an OpenAI model name ({', '.join(names)}), "
-        f"nor an existing checkpoint file, nor random:SHAPE ({', '.join(RANDOM_ARCHS)})"
-    )

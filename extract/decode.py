@@ -104,8 +104,16 @@ def kept_frame_times(n_sampled: int, fps: float, max_frames: int) -> np.ndarray:
     return (uniform_indices(n_sampled, max_frames) / fps).astype(np.float32)
 
 
-def _filter_graph(path: Path, resolution: int, fps: float, threads: int):
-    """The ffmpeg-python graph: fps -> RGB -> short side to ``resolution`` -> centre crop -> rawvideo."""
+# How a frame is fitted to the model's square input: OpenAI's CLIP (and most open_clip weights) resize the
+# short side and crop the centre; SigLIP's weights squash the whole frame to the square (open_clip's
+# preprocessing config, "resize_mode").
+RESIZE_MODES = ("shortest", "squash")
+
+
+def _filter_graph(path: Path, resolution: int, fps: float, threads: int, resize: str = "shortest",
+                  interpolation: str = "bicubic"):
+    """The ffmpeg-python graph: fps -> RGB -> short side to ``resolution`` -> centre crop -> rawvideo (or,
+    with ``resize="squash"``, the whole frame scaled to the square)."""
     r = int(resolution)
     # round=up puts output frame k on the input frame shown at time k/fps, so a clip of d seconds gives
     # ceil(d * fps) frames and a clip shorter than 1/fps still gives its first frame (the default,
@@ -119,7 +127,11 @@ def _filter_graph(path: Path, resolution: int, fps: float, threads: int):
     # from ever leaving the short side at resolution-1.
     w = f"if(gte(dar,1),max({r},round({r}*dar)),{r})"
     h = f"if(gte(dar,1),{r},max({r},round({r}/dar)))"
-    video = video.filter("scale", w=w, h=h, flags="bicubic").filter("setsar", "1")
+    if resize == "squash":
+        w = h = r
+    elif resize != "shortest":
+        raise ValueError(f"resize {resize!r}: choose one of {', '.join(RESIZE_MODES)}")
+    video = video.filter("scale", w=w, h=h, flags=interpolation).filter("setsar", "1")
     video = video.filter("crop", r, r)  # x, y default to the centre
     out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None)
     # Info level for the input header's duration (see header_duration); "level" tags each line, so errors
@@ -272,7 +284,7 @@ def _run_ffmpeg(path: Path, args: list[str], keeper: _FrameKeeper, timeout: floa
 
 def sample_frames(
     path: str | Path, resolution: int, fps: float = 1.0, max_frames: int = 12, *, threads: int = 1,
-    timeout: float | None = None, nice: int = 0,
+    timeout: float | None = None, nice: int = 0, resize: str = "shortest", interpolation: str = "bicubic",
 ) -> Frames:
     """Decode ``path`` and return up to ``max_frames`` frames of ``resolution`` x ``resolution`` RGB.
 
@@ -280,7 +292,8 @@ def sample_frames(
     ``max_frames`` of them. ``threads`` is ffmpeg's decoder/filter thread count: 1 suits extraction, which
     runs one decoder per core; 0 lets ffmpeg pick when decoding a single video. ``timeout`` (seconds, None
     for no limit) kills an ffmpeg that takes longer, e.g. on a file that never ends. ``nice`` (Unix) lowers
-    ffmpeg's scheduling priority by that much (0: unchanged).
+    ffmpeg's scheduling priority by that much (0: unchanged). ``resize`` (`RESIZE_MODES`) and
+    ``interpolation`` (ffmpeg's scaler: bicubic, bilinear) follow the model's preprocessing.
     No padding is done here.
 
     Only the frames the choice can need are kept while reading: the count is predicted from the duration in
@@ -294,7 +307,7 @@ def sample_frames(
         raise ValueError(f"sample_frames needs resolution >= 1, fps > 0, max_frames >= 1 "
                          f"(got {resolution}, {fps}, {max_frames})")
     _check_exists(path)
-    args = _filter_graph(path, resolution, fps, threads).compile(cmd=ffmpeg_binary())
+    args = _filter_graph(path, resolution, fps, threads, resize, interpolation).compile(cmd=ffmpeg_binary())
 
     duration = math.nan  # read from the header once the first frame is in (_run_ffmpeg raises if none comes)
 

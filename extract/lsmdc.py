@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vtr.extract.paths import (AnnotationError, DatasetBuilder, annotation_folder, check_id, files_present, read_lines,
-                               videos_folder)
-from vtr.records import Dataset
+from vtr.extract.dataset_builder import (AnnotationError, DatasetBuilder, annotation_folder, check_id,
+                                         files_present, read_lines, videos_folder)
+from vtr.cache.records import Dataset
 
 FILES = {"LSMDC16_annos_training.csv": "train", "LSMDC16_annos_val.csv": "val",
          "LSMDC16_challenge_1000_publictect.csv": "test"}

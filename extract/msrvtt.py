@@ -26,15 +26,17 @@ import io
 import re
 from pathlib import Path
 
-from vtr.extract.paths import (AnnotationError, DatasetBuilder, annotation_folder, check_id, load_json, read_lines,
-                              videos_folder)
-from vtr.records import Dataset
+from vtr.extract.dataset_builder import (AnnotationError, DatasetBuilder, ReaderOption, annotation_folder,
+                                         check_id, load_json, read_lines, videos_folder)
+from vtr.cache.records import Dataset
 
 MERGED = "MSRVTT_data.json"
 OFFICIAL = ("train_val_videodatainfo.json", "test_videodatainfo.json")
 TEST_1KA = "MSRVTT_JSFUSION_test.csv"
 TRAIN_LISTS = {"9k": "MSRVTT_train.9k.csv", "7k": "MSRVTT_train.7k.csv"}
 VARIANTS = ("9k", "7k", "full")
+OPTIONS = (ReaderOption("split_variant", "9k (1k-A test), 7k (1k-A test) or full (official 6513/497/2990).",
+                        default="9k", choices=VARIANTS),)
 OFFICIAL_SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 
 

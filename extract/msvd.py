@@ -18,9 +18,9 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from vtr.extract.paths import (AnnotationError, DatasetBuilder, annotation_folder, check_id, read_lines,
-                               videos_folder)
-from vtr.records import SPLITS, Dataset
+from vtr.extract.dataset_builder import (AnnotationError, DatasetBuilder, annotation_folder, check_id, read_lines,
+                                         videos_folder)
+from vtr.cache.records import SPLITS, Dataset
 
 SENTS = "sents_{}_lc_nopunc.txt"
 MAPPING = "youtube_mapping.txt"

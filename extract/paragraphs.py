@@ -23,14 +23,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vtr.extract.paths import (AnnotationError, DatasetBuilder, annotation_folder, check_id, files_present, load_json,
-                               read_lines, split_ext, videos_folder)
-from vtr.records import SPLITS, Dataset
+from vtr.extract.dataset_builder import (AnnotationError, DatasetBuilder, ReaderOption, annotation_folder,
+                                         check_id, files_present, load_json, read_lines, split_ext, videos_folder)
+from vtr.cache.records import SPLITS, Dataset
 
 DIDEMO_FILES = {s: f"{s}_data.json" for s in SPLITS}
 DIDEMO_LISTS = {s: f"{s}_list.txt" for s in SPLITS}
 ANET_FILES = {"train.json": "train", "val_1.json": "test"}
 PARAGRAPH = dict(max_frames=64, max_words=64)
+DIDEMO_OPTIONS = (ReaderOption("use_lists", "keep only the videos named in {train,val,test}_list.txt (CLIP4Clip's "
+                                              "choice).", default=False, type=bool),)
 
 
 def _paragraph(sentences: list[str]) -> str:

@@ -6,9 +6,11 @@ second-to-last path component is the file's SHA256, unless downloads are off (``
 or ``VTR_OFFLINE=1``): then the error says which file to copy where, as it does when the network cannot
 be reached.
 
-`download` is the generic part (any URL, an optional SHA256, a destination; open_clip's weights can use it
-too): a progress bar, a ``.part`` file that a later run resumes with an HTTP Range request when the server
-supports it, the checksum verified before an atomic rename (a partial or wrong download never passes for
+`open_clip_weights` does the same for an open_clip pretrained tag (docs/backbones.md): open_clip's own
+caches first, then a download checked against the checksum the hub or the URL publishes.
+
+`download` is the generic part (any URL, an optional SHA256 or its prefix, a destination): a progress
+bar, a ``.part`` file that a later run resumes with an HTTP Range request when the server supports it, the checksum verified before an atomic rename (a partial or wrong download never passes for
 the file), and a lock so that two processes (Ray shards on one machine) do not write one file.
 
 It uses the standard library's urllib: one GET with a Range header is all it needs, and it adds no
@@ -20,11 +22,14 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable
+
+from vtr.core.files import sha256_file
 
 # OpenAI's CLIP weight files (the names clip.available_models() lists). The SHA256 of each file is the
 # second-to-last component of its URL.
@@ -92,12 +97,6 @@ def url_sha256(url: str) -> str:
     return urllib.parse.urlsplit(url).path.split("/")[-2]
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def clip_weights(name: str, root=None, *, offline: bool | None = None, progress: bool = True,
@@ -201,7 +200,8 @@ def download(url: str, dest, sha256: str | None = None, *, progress: bool = True
 
     A transfer that stops partway is resumed from the .part (an HTTP Range request; a server that ignores
     it sends the whole file again), up to ``attempts`` times here and again by any later call. With
-    ``sha256``, the file must match it before it is renamed into place: a mismatch removes the .part and
+    ``sha256`` (the full hex digest, or the prefix of it that open_clip's release file names carry), the
+    file must match it before it is renamed into place: a mismatch removes the .part and
     raises `DownloadError` naming the URL, the expected and the received checksum. An unreachable server
     raises `NetworkUnreachable`. Two processes downloading one ``dest`` take turns (a lock beside it).
     """
@@ -232,10 +232,137 @@ def download(url: str, dest, sha256: str | None = None, *, progress: bool = True
                                         "next run resumes it") from None
                 log(f"{url}: the transfer stopped after {e}; resuming")
         got = hasher.hexdigest()
-        if sha256 and got != sha256:
+        if sha256 and not got.startswith(sha256.lower()):  # a full SHA256, or the prefix a file name carries
             part.unlink()
             raise DownloadError(f"{url}: SHA256 mismatch: expected {sha256}, got {got}; the download was removed")
         os.replace(part, dest)
         return dest
     finally:
         lock.release()
+
+
+# ----------------------------------------------------------------------------- open_clip's weights
+
+# huggingface_hub's own setting for a mirror of the hub; the tests point it at a server on 127.0.0.1.
+HF_ENDPOINT_ENV = "HF_ENDPOINT"
+# open_clip's weight file names on the hub (open_clip.constants); the safetensors one is tried first, as
+# open_clip does.
+HF_SAFE_WEIGHTS, HF_WEIGHTS = "open_clip_model.safetensors", "open_clip_pytorch_model.bin"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def published_sha256(url: str) -> str | None:
+    """The checksum a weights URL publishes, as open_clip reads it: OpenAI's SHA256 (second-to-last path
+    component), or the SHA256 prefix ending the name of open_clip's release files on GitHub
+    (``.../mlfoundations/...-d867053b.pt``); None when it publishes none."""
+    parts = urllib.parse.urlsplit(url).path.split("/")
+    if len(parts) >= 2 and _SHA256.fullmatch(parts[-2]):
+        return parts[-2]
+    m = re.search(r"-([0-9a-f]{8,64})\.[A-Za-z]+$", parts[-1])
+    return m.group(1) if m and "mlfoundations" in url else None
+
+
+def _hf_files(hf_hub: str) -> tuple[str, list[str]]:
+    """(repo id, file names to try, best first) of an open_clip ``hf_hub`` entry: ``org/repo/`` (open_clip's
+    default file) or ``org/repo/file``."""
+    repo, name = os.path.split(hf_hub)
+    name = name or HF_WEIGHTS
+    safe = [HF_SAFE_WEIGHTS] if name == HF_WEIGHTS else [name[:-4] + ".safetensors"] if name.endswith((".bin", ".pth")) else []
+    return repo, safe + [name]
+
+
+def _hf_cached(repo: str, name: str) -> Path | None:
+    """The file in huggingface_hub's cache, where open_clip's own downloads go; None if it is not there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # open_clip without the hub client: nothing can be in its cache
+        return None
+    found = try_to_load_from_cache(repo, name)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the hub's first answer (a redirect to its CDN) is the one that carries the SHA256
+
+
+def hub_file_sha256(url: str, timeout: float = TIMEOUT_S) -> tuple[bool, str | None]:
+    """Whether the hub holds the file at ``url``, and the SHA256 it publishes for it: the ``X-Linked-Etag``
+    header of a file stored with Git LFS, as weight files are (None when absent). One HEAD request."""
+    req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "vtr (urllib)"})
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(req, timeout=timeout) as resp:
+            headers = resp.headers
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return False, None
+        if e.code not in (301, 302, 303, 307, 308):
+            raise DownloadError(f"{url}: the server answered HTTP {e.code} {e.reason}") from None
+        headers = e.headers
+    except (urllib.error.URLError, OSError) as e:
+        raise NetworkUnreachable(f"cannot reach {urllib.parse.urlsplit(url).netloc} "
+                                 f"({getattr(e, 'reason', e)})") from None
+    tag = (headers.get("X-Linked-Etag") or "").removeprefix("W/").strip('"').lower()
+    return True, tag if _SHA256.fullmatch(tag) else None
+
+
+def _checked(path: Path, expected: str | None, label: str) -> str:
+    """``path``'s SHA256, refused (`ClipWeightsMissing`) when it does not start with ``expected``."""
+    digest = sha256_file(path)
+    if expected and not digest.startswith(expected):
+        raise ClipWeightsMissing(f"{path}: SHA256 {digest[:12]}... does not match the published {expected[:12]}... "
+                                 f"for {label}; the file is damaged or another model (delete it to download it again)")
+    return digest
+
+
+def open_clip_weights(label: str, cfg: dict, root=None, *, offline: bool | None = None, progress: bool = True,
+                      log: Callable[[str], None] | None = None) -> tuple[Path, str]:
+    """(path, SHA256) of the weights that open_clip's pretrained entry ``cfg`` (its ``hf_hub`` and ``url``)
+    names; ``label`` (``ARCH:TAG``) is for messages.
+
+    Looked for first where open_clip keeps them: huggingface_hub's cache (checked against the SHA256 its
+    blob is named by) and, for a URL, ``root/<file name>``; then in vtr's own download folder
+    ``root/open_clip/<org>--<repo>/``. Missing: downloaded there with `download` (progress, resume, the
+    published checksum, atomic rename, lock) unless downloads are off, which raises `ClipWeightsMissing`."""
+    root = Path(root) if root else default_clip_cache()
+    wanted: list[tuple[str, Path, bool]] = []  # (url, destination, on the hub)
+    if cfg.get("hf_hub"):
+        repo, names = _hf_files(cfg["hf_hub"])
+        for name in names:
+            cached = _hf_cached(repo, name)
+            if cached is not None:
+                blob = cached.resolve().name
+                return cached, _checked(cached, blob if _SHA256.fullmatch(blob) else None, label)
+        endpoint = os.environ.get(HF_ENDPOINT_ENV, "https://huggingface.co").rstrip("/")
+        wanted += [(f"{endpoint}/{repo}/resolve/main/{name}", root / "open_clip" / repo.replace("/", "--") / name, True)
+                   for name in names]
+    if cfg.get("url"):
+        url = cfg["url"]
+        wanted.append((url, root / os.path.basename(urllib.parse.urlsplit(url).path), False))
+    if not wanted:
+        raise ClipWeightsMissing(f"open_clip {label}: its pretrained entry names no file to load")
+    for url, dest, on_hub in wanted:
+        if dest.is_file():
+            return dest, _checked(dest, None if on_hub else published_sha256(url), label)
+    first = wanted[0]
+    if offline_requested(offline):
+        why = "--offline" if offline else f"{OFFLINE_ENV}=1"
+        raise ClipWeightsMissing(f"open_clip weights {label} are not on this machine (looked for {first[1]}), and "
+                                 f"downloads are off ({why}). Copy {first[0]} to {first[1]}, or pass --clip "
+                                 f"open_clip:ARCH:/path/to/weights.safetensors.")
+    try:
+        for url, dest, on_hub in wanted:
+            if on_hub:
+                exists, sha256 = hub_file_sha256(url)
+                if not exists:
+                    continue
+                if sha256 is None:
+                    log and log(f"{url}: the hub publishes no SHA256 for it; it is downloaded unchecked")
+            else:
+                sha256 = published_sha256(url)
+            download(url, dest, sha256, progress=progress, log=log)
+            return dest, sha256 if sha256 and len(sha256) == 64 else sha256_file(dest)
+    except NetworkUnreachable as e:
+        raise ClipWeightsMissing(f"open_clip weights {label} are not on this machine (looked for {first[1]}), and "
+                                 f"the network is unreachable: {e}. Copy {first[0]} there.") from None
+    raise DownloadError(f"open_clip weights {label}: the hub has none of " + ", ".join(u for u, _, _ in wanted))

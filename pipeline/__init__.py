@@ -1,3 +1,5 @@
 """vtr: video-text retrieval with CAMoE and Dual Softmax Loss on frozen, cached CLIP features."""
 
-__version__ = "0.1.0"
+from vtr.core import __version__
+
+__all__ = ["__version__"]

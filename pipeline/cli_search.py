@@ -6,11 +6,9 @@ from pathlib import Path
 
 import click
 
-INDEX_DIR = Path("cache") / "index"
+from vtr.cli_common import CACHE_DIR, fail, log
 
-
-def _log(msg: str) -> None:
-    click.echo(msg, err=True)
+INDEX_DIR = CACHE_DIR / "index"
 
 
 @click.command(name="index")
@@ -58,9 +56,9 @@ def index_cmd(run_dir, cache_path, zero_shot, out, split, factory, search_params
         name = f"{Path(cache_path).stem}-zero-shot" if zero_shot else Path(run_dir).name
         out = out or INDEX_DIR / (name + (f"-{split}" if split else ""))
         build_index(cache_path, out, None if zero_shot else run_dir, zero_shot, factory, not quiet, split=split,
-                    bank_split=bank_split, video_root=video_root, search_params=search_params, log=_log)
+                    bank_split=bank_split, video_root=video_root, search_params=search_params, log=log)
     except (CacheError, ValueError, RuntimeError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+        fail(e)
     click.echo(f"index folder: {out}")
 
 
@@ -90,7 +88,7 @@ def search_cmd(query, index_dir, k, qbnorm, as_json, clip_cache):
         index = SearchIndex.open(index_dir, clip_cache=clip_cache)
         hits = index.search(query, k=k, qbnorm=qbnorm)
     except (ClipWeightsMissing, ValueError, RuntimeError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+        fail(e)
     if as_json:
         click.echo(json.dumps({"query": query, "qbnorm": qbnorm, "index": index.info,
                                "hits": [h.to_dict() for h in hits]}, indent=1))
@@ -150,9 +148,9 @@ def serve_cmd(index_dir, host, port, video_root, clip_cache):
     from vtr.search.serve import serve
 
     try:
-        serve(index_dir, host=host, port=port, video_root=video_root, clip_cache=clip_cache, log=_log)
+        serve(index_dir, host=host, port=port, video_root=video_root, clip_cache=clip_cache, log=log)
     except (ClipWeightsMissing, ValueError, RuntimeError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+        fail(e)
 
 
 def register(main: click.Group) -> None:

@@ -6,10 +6,8 @@ from typing import Callable
 
 from vtr.cache import read_cache
 from vtr.eval.report import format_table, write_json
-from vtr.eval_stage import evaluate_run, evaluate_zero_shot
-from vtr.extract.clip_encoder import load_clip
-from vtr.extract.datasets import load_dataset
-from vtr.extract_stage import run_extract
+from vtr.eval.stage import evaluate_run, evaluate_zero_shot
+from vtr.extract.job import ClipChoice, DatasetSource, ExtractJob
 from vtr.train.fit import FitConfig, fit
 
 DEMO_CLIP = "random:tiny"
@@ -32,10 +30,10 @@ def run_demo(workdir: Path, *, out: Path | None = None, n_videos: int = 300, epo
     """Run the demo in ``workdir`` (reused across runs: nothing is done twice); return reports and text."""
     workdir = Path(workdir)
     log(f"[1/3] synthetic dataset ({n_videos} clips, seed {seed}) and extraction with CLIP {DEMO_CLIP}")
-    dataset = load_dataset("synthetic", workdir / "synthetic", n_videos=n_videos, seed=seed, progress=progress)
-    encoder = load_clip(DEMO_CLIP, device=device, precision=DEMO_PRECISION)
     cache = workdir / "synthetic-random-tiny.h5"
-    run_extract(dataset, encoder, cache, progress=progress, log=log)
+    job = ExtractJob(DatasetSource("synthetic", str(workdir / "synthetic"), options=dict(n_videos=n_videos, seed=seed)),
+                     ClipChoice(DEMO_CLIP, device=device, precision=DEMO_PRECISION), out=str(cache))
+    job.run(progress=progress, log=log)
 
     # Two heads on the same cache: CLIP4Clip's seqTransf baseline and CAMoE, each with the Dual Softmax Loss.
     runs = {}

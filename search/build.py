@@ -18,9 +18,9 @@ import faiss
 import numpy as np
 import torch
 
-from vtr import __version__
-from vtr.files import atomic_write_bytes
-from vtr.records import CacheTensors
+from vtr.core import __version__
+from vtr.core.files import atomic_write_bytes
+from vtr.cache.records import CacheTensors
 from vtr.search import store
 from vtr.search.moments import complete_frame_times
 from vtr.search.qbnorm import BETA, BankStats, bank_stats

@@ -2,7 +2,7 @@
 
 The sentence goes through the same frozen CLIP text tower, cut to the cache's ``max_words`` tokens, and
 (for heads that read them, CAMoE) is parsed by the same spaCy rules into action, entity and scene phrases
-whose embeddings are averaged per stream: ``vtr.extract_stage.encode_captions`` does both, so a caption of
+whose embeddings are averaged per stream: ``vtr.extract.stage.encode_captions`` does both, so a caption of
 the cache searched as text gets bit for bit the embeddings the cache holds for it.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class QueryEncoder:
     @property
     def encoder(self):
         if self._encoder is None:
-            from vtr.extract.clip_encoder import load_clip
+            from vtr.extract.clip_loader import load_clip
 
             enc = load_clip(self.clip_model, device=self.device, download_root=self.clip_cache)
             if self.clip_sha256 and enc.sha256 != self.clip_sha256:
@@ -60,7 +60,7 @@ class QueryEncoder:
         return EncodedQuery(text, np.asarray(sentence, np.float32), time.perf_counter() - t)
 
     def _encode(self, enc, queries: list[str]):
-        from vtr.extract_stage import encode_captions, encode_sorted
+        from vtr.extract.stage import encode_captions, encode_sorted
 
         if self.phrases:
             e = encode_captions(enc, queries, max_words=self.max_words)

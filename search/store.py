@@ -22,8 +22,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from vtr.extract.weights import sha256_file
-from vtr.files import atomic_write_bytes
+from vtr.core.files import sha256_file
+from vtr.core.files import atomic_write_bytes
 
 FORMAT = 1
 META, ENGINE, VIDEOS, TIMES, BANK = "index.json", "vectors.faiss", "videos.json", "frame_times.npy", "bank.npz"

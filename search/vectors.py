@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vtr.records import CacheTensors
+from vtr.cache.records import CacheTensors
 from vtr.train.heads import RetrievalHead, text_batch, video_batch
 
 

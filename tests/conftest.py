@@ -16,7 +16,7 @@ os.environ["VTR_OFFLINE"] = "1"
 def tiny_clip():
     """The seeded random CLIP: real CLIP code, random weights, 64 px, 256-d; in fp32, so that every
     result is the same on every CPU (``auto`` would pick bf16 where the CPU has it)."""
-    from vtr.extract.clip_encoder import load_clip
+    from vtr.extract.clip_loader import load_clip
 
     return load_clip("random:tiny", device="cpu", precision="fp32")
 

@@ -279,7 +279,7 @@ def test_cache_of_schema_1_reads_and_is_migrated_by_the_next_run(byo, tmp_path):
 
 _KILLER = '''
 import os, signal, sys
-import vtr.cache as c
+import vtr.cache.writer as c
 
 moment, args = sys.argv[1], sys.argv[2:]
 
@@ -373,3 +373,4 @@ def test_update_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(byo
         assert resumed.returncode == 0, resumed.stderr
         _assert_same(_columns(killed), want)
         assert not parts_dir(killed).exists() and not Path(str(killed) + ".tmp").exists()
+        assert not list(tmp_path.glob(f".{killed.name}.*.tmp")), "a killed write's temporary is left"

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import vtr.extract.clip_encoder as clip_encoder
-from vtr.device import resolve_device
-from vtr.extract.clip_encoder import RANDOM_ARCHS, ClipWeightsMissing, build_random, load_clip, resolve_precision
-from vtr.safe_load import LoadError
+from vtr.core.device import resolve_device
+from vtr.extract.clip_encoder import RANDOM_ARCHS, ClipWeightsMissing, build_random, resolve_precision
+from vtr.extract.clip_loader import load_clip
+from vtr.core.safe_load import LoadError
 
 CAPTIONS = ["a man is slicing a tomato in the kitchen",
             "a red circle moves to the left on the grass",
@@ -102,7 +103,7 @@ def test_openai_formats_load_without_unpickling_code(tmp_path, monkeypatch):
 
     from vtr.extract import clip_encoder
     from vtr.extract.weights import sha256_file
-    from vtr.safe_load import LoadError
+    from vtr.core.safe_load import LoadError
 
     torch.manual_seed(0)
     model = clip.model.CLIP(**SMALL).eval()
@@ -175,7 +176,9 @@ def test_fp32_is_the_plain_forward_bit_for_bit(tiny_clip):
 
 
 def test_auto_is_fp32_on_a_cpu_without_bf16(monkeypatch):
+    """Without bfloat16 and without int8 (no AVX2): fp32. With AVX2, see tests/test_precision.py."""
     monkeypatch.setattr(clip_encoder, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(clip_encoder, "int8_available", lambda flags: False)
     enc = load_clip("random:tiny", device="cpu")
     assert enc.precision == "fp32" and enc.dtype == torch.float32 and "in fp32" in enc.describe()
     monkeypatch.setattr(clip_encoder, "cpu_has_native_bf16", lambda: True)

@@ -11,9 +11,9 @@ import pytest
 from shared_data import annotations_dir, make_video
 
 from vtr.cache import read_cache
-from vtr.eval_stage import evaluate_run
+from vtr.eval.stage import evaluate_run
 from vtr.extract.datasets import dataset_stats, load_dataset
-from vtr.extract_stage import run_extract
+from vtr.extract.stage import run_extract
 from vtr.train.fit import FitConfig, fit_tensors
 
 ANN = annotations_dir()

@@ -10,7 +10,7 @@ from shared_data import annotations_dir
 
 from vtr.cli import main
 from vtr.extract.datasets import dataset_stats, load_dataset
-from vtr.extract.paths import AnnotationError, VideoIndex, check_id, safe_join, split_ext
+from vtr.extract.dataset_builder import AnnotationError, VideoIndex, check_id, safe_join, split_ext
 
 ANN = annotations_dir()
 

@@ -10,7 +10,7 @@ import pytest
 from shared_data import annotations_dir
 
 from vtr.extract.datasets import dataset_stats, load_dataset
-from vtr.extract.paths import AnnotationError
+from vtr.extract.dataset_builder import AnnotationError
 
 ANN = annotations_dir()
 

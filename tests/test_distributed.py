@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from vtr.cache import CacheWriter, TextRow, VideoRow
 from vtr.cli import main
-from vtr.eval.evaluate import encode_all, score_matrix
-from vtr.records import CacheTensors
+from vtr.train.encode import encode_all, score_matrix
+from vtr.cache.records import CacheTensors
 from vtr.train.distributed import Dist, PairLoss, init_from_env, launch, local_rows, shard_sizes, shutdown
 from vtr.train.fit import FitConfig, fit_tensors
 from vtr.train.heads import build_head

@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from test_evaluate import make_cache
-import vtr.eval.evaluate as evaluate_module
-from vtr.eval.evaluate import DSL_MEMORY_MIB, chunked_ranks, encode_all, evaluate, score_matrix
-from vtr.eval.metrics import plan_blocks, retrieval_metrics, t2v_ranks, v2t_ranks
+import vtr.eval.rescorers.dsl as dsl_module
+from vtr.eval.evaluate import DSL_MEMORY_MIB, chunked_ranks, evaluate
+from vtr.train.encode import encode_all, score_matrix
+from vtr.core.metrics import plan_blocks, retrieval_metrics, t2v_ranks, v2t_ranks
 from vtr.eval.rescore import dsl_t2v, dsl_v2t, qbnorm_t2v, qbnorm_v2t
+from vtr.eval.tiles import Buffers
 from vtr.train.heads import MeanP
 
 D = 8
@@ -151,14 +153,14 @@ def test_dsl_far_apart_scores_take_the_direct_form(monkeypatch):
     t = torch.tensor(np.array(logits) / 100.0, dtype=torch.float32)[:, None, :]
     v = torch.eye(n_videos)[:, None, :]
     seen = {"far": 0, "direct": 0}
-    begin = evaluate_module._Dsl.begin
+    begin = dsl_module.DslValues.begin
 
     def spy(self, *args):
         begin(self, *args)
         seen["far"] += len(self.far_cols) + len(self.far_rows)
         seen["direct"] += int(self.direct_t.sum() + self.direct_v.sum())
 
-    monkeypatch.setattr(evaluate_module._Dsl, "begin", spy)
+    monkeypatch.setattr(dsl_module.DslValues, "begin", spy)
     assert_every_chunking_matches(MeanP(n_videos), t, torch.ones(len(t), 1), v, np.array(text_video), "dsl", None)
     assert seen["far"] > 0 and seen["direct"] > 0
 
@@ -180,15 +182,15 @@ def test_dsl_tile_values_match_the_direct_form_wherever_they_matter():
         return s[blocks.order][rows, cols]
 
     score.alpha = 1.0
-    pass1 = evaluate_module._dsl_pass1(score, blocks, 9, 7)
+    pass1 = dsl_module.dsl_pass1(score, blocks, 9, 7)
     sorted_s = s[blocks.order]
     assert pass1.lse_v.dtype == pass1.lse_t.dtype == torch.float64  # summed in float64 (ties: test_eval_ties.py)
     assert torch.allclose(pass1.lse_v.float(), torch.logsumexp(sorted_s, 0))
     assert torch.allclose(pass1.lse_t.float(), torch.logsumexp(sorted_s, 1))
-    dsl = evaluate_module._Dsl(pass1, 9, 7)
+    dsl = dsl_module.DslValues(pass1, 9, 7)
     rows, cols = blocks.texts(0), blocks.videos(0)
     own = torch.as_tensor(blocks.text_video[rows])
-    dsl.begin(sorted_s, 0, 0, rows, cols, own, evaluate_module._Buffers("cpu"))
+    dsl.begin(sorted_s, 0, 0, rows, cols, own, Buffers("cpu"))
     zone = 100.0 * math.exp(-57.0)
     far_row = int(np.flatnonzero(blocks.order == 6)[0])
     # A caption (video) ranked with the direct form is scaled by one factor per row (column): the same order.

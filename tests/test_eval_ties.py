@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vtr.eval.evaluate import chunked_ranks
-from vtr.eval.metrics import t2v_ranks, v2t_ranks
+from vtr.core.metrics import t2v_ranks, v2t_ranks
 from vtr.eval.rescore import dsl_t2v, dsl_v2t, qbnorm_t2v, qbnorm_v2t
 from vtr.train.heads import MeanP
 

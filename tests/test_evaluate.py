@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from vtr.eval.evaluate import encode_all, evaluate, score_matrix
+from vtr.eval.evaluate import evaluate
+from vtr.train.encode import encode_all, score_matrix
 from vtr.eval.report import format_table, write_json
-from vtr.records import CacheTensors
+from vtr.cache.records import CacheTensors
 from vtr.train.heads import MeanP
 
 T, D = 4, 16
@@ -125,7 +126,7 @@ def test_random_clip_note_and_table(tmp_path):
 
 def test_default_split_is_test_or_val_when_there_is_no_test():
     """`vtr eval` without --split: test; val for a cache without test captions (DiDeMo without its test file)."""
-    from vtr.eval_stage import default_split, evaluate_zero_shot
+    from vtr.eval.stage import default_split, evaluate_zero_shot
 
     data = make_cache()
     assert default_split(data) == "test"

@@ -15,8 +15,8 @@ import pytest
 
 from vtr.cache import CacheError, parts_dir, read_cache
 from vtr.extract.synthetic import generate, read_synthetic
-from vtr.extract_stage import run_extract
-from vtr.records import VideoItem
+from vtr.extract.stage import run_extract
+from vtr.cache.records import VideoItem
 
 QUIET = dict(progress=False, log=lambda msg: None)
 

@@ -11,10 +11,10 @@ import torch
 
 import vtr.extract.clip_encoder as clip_encoder
 from vtr.cache import read_cache
-from vtr.device import resolve_device
-from vtr.extract.clip_encoder import load_clip
+from vtr.core.device import resolve_device
+from vtr.extract.clip_loader import load_clip
 from vtr.extract.synthetic import read_synthetic
-from vtr.extract_stage import decode_window, encode_captions, run_extract
+from vtr.extract.stage import decode_window, encode_captions, run_extract
 
 QUIET = dict(progress=False, log=lambda msg: None)
 
@@ -105,7 +105,8 @@ def test_cpu_only_machine_runs_everything(tmp_path, synthetic_root, monkeypatch)
         resolve_device("cuda")
     enc = load_clip("random:tiny", device="auto")
     assert enc.device.type == "cpu" and enc.dtype == torch.float32  # bf16 too keeps fp32 weights (autocast)
-    assert enc.precision == ("bf16" if clip_encoder.cpu_has_native_bf16() else "fp32")
+    int8_or_fp32 = "auto" if clip_encoder.int8_available(clip_encoder.cpu_flags()) else "fp32"  # decided on the first frames
+    assert enc.precision == ("bf16" if clip_encoder.cpu_has_native_bf16() else int8_or_fp32)
     assert all(p.device.type == "cpu" for p in enc.model.parameters())
 
     stats = run_extract(small(synthetic_root, 3), enc, tmp_path / "cpu.h5", workers=2, **QUIET)
@@ -151,16 +152,16 @@ def test_precision_is_logged_not_a_cache_setting(tmp_path, synthetic_root, cache
 
 
 def test_shard_jobs_carry_the_precision(tmp_path, synthetic_root):
-    """`vtr extract --ray` workers load CLIP from a ShardJob: the precision asked for is the one they use."""
-    from vtr.shards import ShardJob
+    """`vtr extract --ray` workers load CLIP from an ExtractJob: the precision asked for is the one they use."""
+    from vtr.extract.job import ClipChoice, DatasetSource, ExtractJob
 
     ann = tmp_path / "annotations.jsonl"
     ann.write_text("\n".join((synthetic_root / "annotations.jsonl").read_text().splitlines()[:2]) + "\n")
-    job = ShardJob(dataset="byo", root=str(synthetic_root), out=str(tmp_path / "c.h5"), clip="random:tiny",
-                   device="cpu", precision="fp32", dataset_options={"annotations": str(ann)})
+    source = DatasetSource("byo", str(synthetic_root), annotations=str(ann))
+    job = ExtractJob(source, ClipChoice("random:tiny", device="cpu", precision="fp32"), out=str(tmp_path / "c.h5"))
     logged = []
-    stats = job.run(0, 1, log=logged.append)
+    stats = job.for_shard(0, 1).run(log=logged.append)
     assert stats.precision == "fp32" and stats.videos_decoded == 2 and any("in fp32" in m for m in logged)
     with pytest.raises(ValueError, match="unknown"):
-        ShardJob(dataset="byo", root=str(synthetic_root), out=str(tmp_path / "d.h5"), clip="random:tiny",
-                 device="cpu", precision="fp8", dataset_options={"annotations": str(ann)}).run(0, 1)
+        ExtractJob(source, ClipChoice("random:tiny", device="cpu", precision="fp8"),
+                   out=str(tmp_path / "d.h5")).for_shard(0, 1).run()

@@ -66,7 +66,7 @@ def extract_args(root: Path, out: Path, *more: str) -> list[str]:
 @pytest.fixture()
 def cli(monkeypatch, tiny_clip):
     """Run a `vtr` command in this process (click's CliRunner, exceptions caught and returned)."""
-    monkeypatch.setattr("vtr.extract.clip_encoder.load_clip", lambda *a, **k: tiny_clip)
+    monkeypatch.setattr("vtr.extract.clip_loader.load_clip", lambda *a, **k: tiny_clip)
 
     def run(*args: str):
         return CliRunner().invoke(main, list(args))
@@ -163,7 +163,7 @@ def _mount_namespace() -> list[str] | None:
 def _fill_the_disk_then_resume(mode: str, root: str, work: str) -> None:
     """The child process of `test_full_disk_keeps_finished_rows_and_the_rerun_resumes`: extract onto a
     disk that fills up, note what survived, free space, extract again. Results go to work/result.json."""
-    from vtr.extract.clip_encoder import load_clip
+    from vtr.extract.clip_loader import load_clip
 
     encoder = load_clip("random:tiny", device="cpu", precision="fp32")
     disk = Path(work) / "disk"

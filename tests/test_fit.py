@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import vtr.eval.metrics as metrics
-from vtr.eval.evaluate import encode_all, score_matrix
-from vtr.records import CacheTensors
+import vtr.core.metrics as metrics
+from vtr.cache.records import CacheTensors
+from vtr.core.safe_load import LoadError
+from vtr.train.encode import encode_all, score_matrix
 from vtr.train.fit import FitConfig, captions_by_video, epoch_batches, fit_tensors, train_captions
 from vtr.train.heads import MeanP
-from vtr.safe_load import LoadError
 from vtr.train.runs import latest_run, load_run, read_best, read_last
 
 D, T = 32, 6
@@ -327,3 +327,50 @@ def test_a_run_folder_in_use_is_refused(data, tmp_path):
     assert not (tmp_path / "last.safetensors").exists()
     fit_tensors(data, tmp_path, cfg, progress=False, log=lambda s: None)  # released: it runs
     assert read_last(tmp_path)["epoch"] == 1
+
+
+def write_cache(data: CacheTensors, path):
+    """``data`` (without phrases) as an HDF5 cache, through the writer `vtr extract` uses."""
+    from vtr.cache import CacheWriter, TextRow, VideoRow
+
+    with CacheWriter(path, {"dataset": "toy", "clip_model": "synthetic"}, max_frames=T, dim=D) as w:
+        for i, vid in enumerate(data.video_ids):
+            w.add_video(VideoRow(vid, str(data.video_split[i]), f"{vid}.mp4", 1.0, data.frames[i][data.frame_mask[i]]))
+        for k, tid in enumerate(data.text_ids):
+            w.add_text(TextRow(tid, data.video_ids[data.text_video[k]], str(data.text_split[k]), data.captions[k],
+                               data.text_emb[k]))
+        w.commit()
+    return path
+
+
+def test_cli_fit_options_reach_the_run_config(data, tmp_path):
+    from click.testing import CliRunner
+    from vtr.cli import main
+
+    cache = write_cache(data, tmp_path / "toy.h5")
+    args = ["fit", "--cache", str(cache), "--run", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "64",
+            "--lr", "0.002", "--weight-decay", "0.05", "--warmup-epochs", "0.5", "--schedule", "cosine",
+            "--dsl-temperature", "500", "--seed", "3", "--device", "cpu", "--threads", "1",
+            "--head-option", "layers=1", "--head-option", "dropout=0", "--head-option", "learn_scale=true", "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    want = FitConfig(epochs=1, batch_size=64, lr=0.002, weight_decay=0.05, warmup_epochs=0.5, schedule="cosine",
+                     dsl_temperature=500.0, seed=3, device="cpu", num_threads=1,
+                     head_options={"layers": 1, "dropout": 0, "learn_scale": True})
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["fit"] == want.to_dict()
+    assert "log_scale" in load_run(tmp_path / "run")[0].state_dict()  # learn_scale reached the head
+
+    r = CliRunner().invoke(main, args[:3] + ["--run", str(tmp_path / "bad"), "--head-option", "layers"])
+    assert r.exit_code == 2 and "'layers' is not KEY=VALUE" in r.output
+    r = CliRunner().invoke(main, args[:3] + ["--run", str(tmp_path / "bad"), "--head-option", "wings=2", "--quiet"])
+    assert r.exit_code == 1 and "bad options for head 'seqTransf'" in r.output
+
+
+def test_cli_fit_help_states_fitconfigs_defaults():
+    from click.testing import CliRunner
+    from vtr.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["fit", "--help"]).output.split())
+    for default in (f"(default {FitConfig.weight_decay})", f"default {FitConfig.warmup_epochs:g})",
+                    f"(default {FitConfig.schedule})"):
+        assert default in text

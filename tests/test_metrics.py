@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vtr.eval.metrics import retrieval_metrics, t2v_ranks, v2t_ranks
+from vtr.core.metrics import retrieval_metrics, t2v_ranks, v2t_ranks
 
 # 3 captions, 3 videos, caption i belongs to video i.
 SIM = np.array([

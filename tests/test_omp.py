@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-PROBE = ("import sys; from vtr.omp import let_idle_threads_sleep as f; {before}"
+PROBE = ("import sys; from vtr.core.omp import let_idle_threads_sleep as f; {before}"
          "print(f(), __import__('os').environ.get('OMP_WAIT_POLICY'))")
 
 

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 from vtr.cache import CacheWriter, VideoRow, read_cache
 from vtr.cli import main
 from vtr.extract.datasets import load_dataset
-from vtr.extract_stage import run_extract
-from vtr.ray_runner import import_ray, run_on_ray
-from vtr.shards import ShardError, ShardJob, shard_of, shard_path, shards_dir
+from vtr.extract.stage import run_extract
+from vtr.extract.ray_runner import import_ray, run_on_ray
+from vtr.extract.job import ClipChoice, DatasetSource, ExtractJob
+from vtr.extract.shards import ShardError, shard_of, shard_path, shards_dir
 
 QUIET = dict(progress=False, log=lambda msg: None)
 
@@ -82,8 +83,8 @@ def test_failed_shard_is_named(local_ray, ray_run, subset, tmp_path):
     with CacheWriter(bad, {"dataset": "byo", "clip_model": "ViT-L/14"}, max_frames=12, dim=128) as w:
         w.add_video(VideoRow("other", "test", "/v/other.mp4", 1.0, np.ones((1, 128), np.float16)))
         w.commit()  # a shard cache made with another model
-    job = ShardJob(dataset="byo", root=str(root), out=str(out), clip="random:tiny", device="cpu",
-                   dataset_options={"annotations": str(ann)})
+    job = ExtractJob(DatasetSource("byo", str(root), annotations=str(ann)), ClipChoice("random:tiny", device="cpu"),
+                     out=str(out))
     with pytest.raises(ShardError, match=r"1 of 2 shards failed:\n  shard-001-of-002.h5 \(shard 1/2\): "
                                          r"CacheError: .*other settings[\s\S]*clip_model"):
         run_on_ray(job, 2, **QUIET)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from vtr.cache import CacheWriter, TextRow, VideoRow
 from vtr.cli import main
-from vtr.safe_load import LoadError, dump_state, load_state, load_torch
+from vtr.core.safe_load import LoadError, dump_state, load_state, load_torch
 from vtr.train.fit import FitConfig, fit_tensors
 from vtr.train.runs import read_best, read_last
 

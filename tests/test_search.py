@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from vtr.cache import CacheWriter, TextRow, VideoRow, read_cache
 from vtr.cli import main
 from vtr.extract.decode import kept_frame_times
-from vtr.eval.evaluate import chunked_ranks, encode_all, score_matrix
-from vtr.eval.metrics import retrieval_metrics
+from vtr.eval.evaluate import chunked_ranks
+from vtr.train.encode import encode_all, score_matrix
+from vtr.core.metrics import retrieval_metrics
 from vtr.eval.rescore import qbnorm_t2v
 from vtr.search.index import SearchIndex, build_index
 from vtr.search.store import IndexStale
@@ -275,7 +276,7 @@ def test_sentence_end_to_end(synthetic_root, tiny_clip, tmp_path):
     """extract -> fit -> `vtr index` -> `vtr search` on rendered clips: the text query gets the cached
     embeddings bit for bit, its video's position is eval's rank, and moments are frame times."""
     from vtr.extract.datasets import load_dataset
-    from vtr.extract_stage import run_extract
+    from vtr.extract.stage import run_extract
 
     cache = tmp_path / "synthetic.h5"
     ds = load_dataset("synthetic", synthetic_root, n_videos=24, progress=False)

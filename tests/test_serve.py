@@ -310,7 +310,7 @@ def test_bound_to_localhost_it_answers_only_localhost_names(root, tmp_path):
 def real(tiny_clip, tmp_path_factory):
     """A real zero-shot index (`build_index`) over 8 synthetic clips of its own, and their folder."""
     from vtr.extract.synthetic import generate, read_synthetic
-    from vtr.extract_stage import run_extract
+    from vtr.extract.stage import run_extract
     from vtr.search.index import SearchIndex, build_index
 
     base = tmp_path_factory.mktemp("serve-real")

@@ -27,7 +27,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 def index(synthetic_root, tiny_clip, tmp_path_factory):
     """A real index over the 24 synthetic clips: extracted, a CAMoE head fitted for one epoch, indexed."""
     from vtr.extract.synthetic import read_synthetic
-    from vtr.extract_stage import run_extract
+    from vtr.extract.stage import run_extract
     from vtr.search.index import SearchIndex, build_index
     from vtr.train.fit import fit
     from vtr.train.runs import FitConfig

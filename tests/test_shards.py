@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from vtr.cache import CacheError, CacheWriter, VideoRow, cache_summary, parts_dir, read_cache
 from vtr.cli import main
-from vtr.eval_stage import evaluate_zero_shot
+from vtr.eval.stage import evaluate_zero_shot
 from vtr.extract.datasets import load_dataset
-from vtr.extract_stage import run_extract
-from vtr.records import CaptionItem, Dataset, VideoItem
-from vtr.shards import (ShardError, combine_shards, parse_shard, shard_dataset, shard_of, shard_path,
+from vtr.extract.stage import run_extract
+from vtr.cache.records import CaptionItem, Dataset, VideoItem
+from vtr.extract.shards import (ShardError, combine_shards, parse_shard, shard_dataset, shard_of, shard_path,
                         shards_dir)
 
 N = 3

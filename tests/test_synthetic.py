@@ -9,10 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from vtr.extract import synthetic
+from vtr.extract import synthetic_render
 from vtr.extract.decode import sample_frames
-from vtr.extract.synthetic import (_fill_pattern, _layout, ACTIONS, COLORS, SCENES, SHAPES, ClipSpec, clip_spec, generate,
-                                   read_synthetic, render_clip)
+from vtr.extract.synthetic import generate, read_synthetic
+from vtr.extract.synthetic_captions import ACTIONS, CAPTION_NOUNS, COLORS, SCENES, SHAPES, ClipPlan, clip_plan
+from vtr.extract.synthetic_render import _fill_pattern, _layout, render_clip
 
 SMALL = dict(width=64, height=48, fps=10, seconds=3.0)  # quick clips for the file tests
 
@@ -24,28 +25,28 @@ def files_state(root):
 
 def test_specs_and_frames_are_deterministic():
     for i in range(30):
-        a, b = clip_spec(0, i), clip_spec(0, i)
+        a, b = clip_plan(0, i), clip_plan(0, i)
         assert a == b
         assert a.video_id == f"synth_{i:05d}" and a.index == i
         assert (a.shape, a.color, a.action, a.scene) == (b.shape, b.color, b.action, b.scene)
-    spec = clip_spec(7, 3)
-    assert np.array_equal(render_clip(spec), render_clip(clip_spec(7, 3)))
-    frames = render_clip(spec)
+    plan = clip_plan(7, 3)
+    assert np.array_equal(render_clip(plan), render_clip(clip_plan(7, 3)))
+    frames = render_clip(plan)
     assert frames.shape == (60, 96, 128, 3) and frames.dtype == np.uint8
     # another seed gives another dataset
-    assert [clip_spec(1, i).captions for i in range(10)] != [clip_spec(0, i).captions for i in range(10)]
+    assert [clip_plan(1, i).captions for i in range(10)] != [clip_plan(0, i).captions for i in range(10)]
 
 
 def test_attributes_cover_the_vocabulary():
-    specs = [clip_spec(0, i) for i in range(400)]
+    plans = [clip_plan(0, i) for i in range(400)]
     for attr, names in (("shape", SHAPES), ("color", COLORS), ("action", ACTIONS), ("scene", SCENES)):
-        assert {getattr(s, attr) for s in specs} == set(names)
+        assert {getattr(s, attr) for s in plans} == set(names)
 
 
 @pytest.mark.parametrize("one, other", [("moves left", "moves right"), ("moves up", "moves down"),
                                         ("grows", "shrinks")])
 def test_reversed_actions_run_one_path_the_other_way(one, other):
-    base = clip_spec(0, 5)
+    base = clip_plan(0, 5)
     at_a, backwards_a = _layout(dataclasses.replace(base, action=one), 128, 96)
     at_b, backwards_b = _layout(dataclasses.replace(base, action=other), 128, 96)
     assert backwards_a != backwards_b
@@ -59,10 +60,10 @@ def test_reversed_actions_run_one_path_the_other_way(one, other):
 @pytest.mark.parametrize("action, axis, sign", [("moves right", 1, -1), ("moves left", 1, 1),
                                                 ("moves down", 0, -1), ("moves up", 0, 1)])
 def test_the_trail_lies_behind_the_motion(action, axis, sign, monkeypatch):
-    spec = dataclasses.replace(clip_spec(0, 5), scene="night", color="yellow", shape="star", action=action)
-    frame = render_clip(spec)[30].astype(int)
-    monkeypatch.setattr(synthetic, "TRAIL", ())
-    bare = render_clip(spec)[30].astype(int)
+    plan = dataclasses.replace(clip_plan(0, 5), scene="night", color="yellow", shape="star", action=action)
+    frame = render_clip(plan)[30].astype(int)
+    monkeypatch.setattr(synthetic_render, "TRAIL", ())
+    bare = render_clip(plan)[30].astype(int)
     trail = np.abs(frame - bare).sum(-1) > 0  # what the trail adds
     body = (bare[..., 0] > 200) & (bare[..., 1] > 180) & (bare[..., 2] < 100)  # the yellow fill
     assert trail.sum() > 20
@@ -81,7 +82,7 @@ def test_every_shape_has_its_own_fill_pattern():
 
 
 def test_motion_goes_the_named_way():
-    base = dataclasses.replace(clip_spec(0, 5), scene="night", color="yellow")
+    base = dataclasses.replace(clip_plan(0, 5), scene="night", color="yellow")
 
     def centres(action):  # centroid and area of the yellow pixels, first and last frame
         out = []
@@ -99,7 +100,7 @@ def test_motion_goes_the_named_way():
 
 
 def test_spins_is_visible_even_for_a_circle_and_still_is_still():
-    base = dataclasses.replace(clip_spec(0, 2), shape="circle")
+    base = dataclasses.replace(clip_plan(0, 2), shape="circle")
     spin = render_clip(dataclasses.replace(base, action="spins"))
     assert np.abs(spin[0].astype(int) - spin[10]).sum() > 0
     still = render_clip(dataclasses.replace(base, action="stays still"))
@@ -108,24 +109,24 @@ def test_spins_is_visible_even_for_a_circle_and_still_is_still():
 
 def test_captions_name_colour_scene_shape_and_action():
     for i in range(200):
-        spec = clip_spec(0, i)
-        assert len(spec.captions) == 5 and len(set(spec.captions)) == 5
-        colour_words = COLORS[spec.color][1]
-        scene_words = SCENES[spec.scene][1]
-        action_words = [w for pair in ACTIONS[spec.action] for w in pair]
-        for text in spec.captions:
+        plan = clip_plan(0, i)
+        assert len(plan.captions) == 5 and len(set(plan.captions)) == 5
+        colour_words = COLORS[plan.color][1]
+        scene_words = SCENES[plan.scene][1]
+        action_words = [w for pair in ACTIONS[plan.action] for w in pair]
+        for text in plan.captions:
             low = text.lower()
-            assert any(w in low for w in colour_words), (text, spec.color)
-            assert any(w in low for w in scene_words), (text, spec.scene)
-            assert any(w in low for w in SHAPES[spec.shape]), (text, spec.shape)
-            assert any(w in low for w in action_words), (text, spec.action)
-    assert clip_spec(0, 0).captions[0] == (
-        f"A {clip_spec(0, 0).color} {clip_spec(0, 0).shape} {ACTIONS[clip_spec(0, 0).action][0][0]} "
-        f"{SCENES[clip_spec(0, 0).scene][0][0]}")
+            assert any(w in low for w in colour_words), (text, plan.color)
+            assert any(w in low for w in scene_words), (text, plan.scene)
+            assert any(w in low for w in SHAPES[plan.shape]), (text, plan.shape)
+            assert any(w in low for w in action_words), (text, plan.action)
+    assert clip_plan(0, 0).captions[0] == (
+        f"A {clip_plan(0, 0).color} {clip_plan(0, 0).shape} {ACTIONS[clip_plan(0, 0).action][0][0]} "
+        f"{SCENES[clip_plan(0, 0).scene][0][0]}")
 
 
 def test_split_proportions():
-    counts = Counter(clip_spec(0, i).split for i in range(500))
+    counts = Counter(clip_plan(0, i).split for i in range(500))
     assert 0.63 <= counts["train"] / 500 <= 0.77
     assert 0.05 <= counts["val"] / 500 <= 0.15
     assert 0.14 <= counts["test"] / 500 <= 0.26
@@ -170,25 +171,27 @@ def test_generate_replaces_a_half_written_file(tmp_path):
 
 def test_videos_decode_at_one_frame_per_second(tmp_path):
     root = generate(tmp_path / "syn", n_videos=1, seed=0, progress=False)  # default 128x96, 10 fps, 6 s
-    spec = clip_spec(0, 0)
-    out = sample_frames(root / "videos" / f"{spec.video_id}.mp4", resolution=96, fps=1.0)
+    plan = clip_plan(0, 0)
+    out = sample_frames(root / "videos" / f"{plan.video_id}.mp4", resolution=96, fps=1.0)
     assert out.n_sampled == 6 and out.frames.shape == (6, 96, 96, 3)
     assert abs(out.duration - 6.0) < 0.05
     # the decoded frames are the rendered ones (short side 96: only the centre crop, minus codec noise)
-    rendered = render_clip(spec)[::10, :, 16:112]
+    rendered = render_clip(plan)[::10, :, 16:112]
     assert np.abs(out.frames.astype(int) - rendered).mean() < 6
 
 
 def test_read_synthetic_round_trip(tmp_path):
     root = generate(tmp_path / "syn", n_videos=3, seed=2, progress=False, **SMALL)
     data = read_synthetic(root)
-    specs = [clip_spec(2, i) for i in range(3)]
+    plans = [clip_plan(2, i) for i in range(3)]
     assert data.name == "synthetic" and data.max_frames == 12 and data.eval_split == "test"
     assert [(v.id, v.path, v.split) for v in data.videos] == [
-        (s.video_id, root / "videos" / f"{s.video_id}.mp4", s.split) for s in specs]
-    expected = [(f"{s.video_id}#{k}", s.video_id, t, s.split) for s in specs for k, t in enumerate(s.captions)]
+        (s.video_id, root / "videos" / f"{s.video_id}.mp4", s.split) for s in plans]
+    expected = [(f"{s.video_id}#{k}", s.video_id, t, s.split) for s in plans for k, t in enumerate(s.captions)]
     assert [(c.id, c.video_id, c.text, c.split) for c in data.captions] == expected
     assert data.missing_videos == []
+    # the generator's two-word shape names go to the caption parser as nouns (vtr extract reads them)
+    assert data.caption_nouns == CAPTION_NOUNS and {"plus sign", "plus shape"} <= CAPTION_NOUNS
 
     (root / "videos" / "synth_00001.mp4").unlink()
     data = read_synthetic(root)
@@ -210,6 +213,6 @@ def test_read_synthetic_errors_name_file_and_line(tmp_path):
         read_synthetic(root)
 
 
-def test_clipspec_fields():
-    names = [f.name for f in dataclasses.fields(ClipSpec)]
+def test_clipplan_fields():
+    names = [f.name for f in dataclasses.fields(ClipPlan)]
     assert names[:8] == ["index", "video_id", "shape", "color", "action", "scene", "split", "captions"]

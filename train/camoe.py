@@ -1,6 +1,6 @@
 """The CAMoE head: a mixture of video experts, each aligned with its own text stream, fused by one gate.
 
-The paper (Cheng et al. 2021) released no code for the head; this is our reading of it (see DESIGN.md).
+The paper (Cheng et al. 2021) released no code for the head; this is our reading of it.
 Frozen CLIP gives frame embeddings X [T, D] for a video and, for a caption, its sentence embedding s and
 the embeddings of its parsed action, entity and scene phrases p_a, p_e, p_s (zero where a caption has no
 such phrase; ``phrase_mask`` says which exist).
@@ -16,8 +16,8 @@ adds a learned residual whose last layer starts at zero, so an untrained head *i
 
 Why zero output layers and not a zero scale (ReZero's alpha * r): a scalar that starts at zero moves about
 one learning rate per Adam step, so after the few hundred steps of a small dataset the experts had barely
-switched on (600 synthetic clips: T2V R@1 11.9 with scales, 14.2 with zero output layers; seqTransf 12.5).
-A zero matrix gets a full gradient at once, and the head still starts at zero-shot meanP exactly.
+switched on and retrieval was worse (docs/camoe.md has the figures). A zero matrix gets a full
+gradient at once, and the head still starts at zero-shot meanP exactly.
 
 Text streams. Each expert reads the sentence s through its own linear map S_k (seqTransf's text projection,
 one per expert), and the phrase experts add their phrase p_k through another, P_k:
@@ -45,26 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtr.train.heads import Block, RetrievalHead, masked_mean
+from vtr.train.layers import Block, RetrievalHead, identity_, masked_mean, temporal_transformer, zero_
 
 EXPERTS = ("global", "action", "entity", "scene")
 PHRASE_STREAMS = ("action", "entity", "scene")  # order of the cache's phrase embeddings [M, 3, D]
-
-
-def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
-    """A linear layer that outputs zero until trained: the last layer of every residual here."""
-    layer = nn.Linear(d_in, d_out)
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-def _identity_linear(dim: int) -> nn.Linear:
-    layer = nn.Linear(dim, dim)
-    with torch.no_grad():
-        layer.weight.copy_(torch.eye(dim))
-        layer.bias.zero_()
-    return layer
 
 
 class TemporalExpert(nn.Module):
@@ -75,18 +59,14 @@ class TemporalExpert(nn.Module):
         self.changes = changes
         self.pos = nn.Parameter(torch.zeros(max_frames, dim))
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
-        self.out = _zero_linear(dim, dim)
+        self.out = zero_(nn.Linear(dim, dim))
 
     def forward(self, x, mask):
         if self.changes:
             if x.shape[1] < 2:
                 return torch.zeros_like(x[:, 0])
             x, mask = x[:, 1:] + (x[:, 1:] - x[:, :-1]), mask[:, 1:] & mask[:, :-1]
-        pad = ~mask & mask.any(1, keepdim=True)  # an all-padding row attends to itself, not to nothing
-        h = x + self.pos[: x.shape[1]]
-        for block in self.blocks:
-            h = block(h, pad)
-        return self.out(masked_mean(h, mask))
+        return self.out(masked_mean(temporal_transformer(x, mask, self.pos, self.blocks), mask))
 
 
 class EntityExpert(nn.Module):
@@ -94,7 +74,7 @@ class EntityExpert(nn.Module):
 
     def __init__(self, dim: int, dropout: float):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), _zero_linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), zero_(nn.Linear(dim, dim)))
         # No bias on the last layer: a softmax over frames ignores a shift, so it would only learn noise.
         self.score = nn.Sequential(nn.Linear(dim, dim // 4), nn.Tanh(), nn.Linear(dim // 4, 1, bias=False))
 
@@ -109,7 +89,7 @@ class SceneExpert(nn.Module):
 
     def __init__(self, dim: int, dropout: float):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Dropout(dropout), _zero_linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Dropout(dropout), zero_(nn.Linear(dim, dim)))
 
     def forward(self, x, mask):
         peak = x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1).nan_to_num(0.0, neginf=0.0)
@@ -143,11 +123,9 @@ class CAMoE(RetrievalHead):
         }
         self.video = nn.ModuleDict({e: build[e]() for e in self.experts})
         streams = [e for e in self.experts if e != "global"]
-        self.sentence_proj = nn.ModuleDict({e: _identity_linear(dim) for e in self.experts})  # S_k
-        self.phrase_proj = nn.ModuleDict({e: _zero_linear(dim, dim) for e in streams})  # P_k
-        self.gate = nn.Linear(dim, len(self.experts))
-        nn.init.zeros_(self.gate.weight)
-        nn.init.zeros_(self.gate.bias)
+        self.sentence_proj = nn.ModuleDict({e: identity_(nn.Linear(dim, dim)) for e in self.experts})  # S_k
+        self.phrase_proj = nn.ModuleDict({e: zero_(nn.Linear(dim, dim)) for e in streams})  # P_k
+        self.gate = zero_(nn.Linear(dim, len(self.experts)))
         if not gate:
             self.gate.requires_grad_(False)
 

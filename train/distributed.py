@@ -20,13 +20,17 @@ again. (The other common recipe, a gather without a backward and the loss multip
 encoder right but multiplies the gradient of such post-gather parameters by N.)
 
 Launching. ``torchrun --nproc_per_node N -m vtr fit ...`` sets RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR and MASTER_PORT; ``vtr fit --nproc N`` (``launch``) starts N local processes with the same
-variables. ``init_from_env`` reads them: gloo on CPU, NCCL on CUDA (device cuda:LOCAL_RANK).
+MASTER_ADDR and MASTER_PORT; ``vtr fit --nproc N`` (``launch``) starts N local processes through torch's
+own launcher (``elastic_launch``, what torchrun runs). ``init_from_env`` reads the variables: gloo on CPU,
+NCCL on CUDA (device cuda:LOCAL_RANK).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import socket
+import tempfile
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vtr.omp import usable_cores
+from vtr.core.omp import usable_cores
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -177,40 +181,53 @@ class PairLoss(nn.Module):
         return self.head.pair_loss(t, gate, v, self.loss_fn)
 
 
-def free_port() -> int:
-    """A TCP port free on this machine now (for MASTER_PORT of a local launch)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(local_rank: int, nproc: int, port: int, fn, args) -> None:
-    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
-                      LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(nproc: int, fn, args) -> None:
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of each process taking them all
         torch.set_num_threads(max(1, usable_cores() // nproc))
     fn(*args)
 
 
-def launch(fn, nproc: int, *args) -> None:
-    """Run ``fn(*args)`` in ``nproc`` new processes on this machine, as torchrun would start them.
+@contextlib.contextmanager
+def _quiet_launcher():
+    """Silence torch's launcher logs while it runs: a failure reaches the user as one `WorkerError` line."""
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
-    ``fn`` must be importable (a module-level function). Each process gets RANK = LOCAL_RANK = its index,
-    WORLD_SIZE = ``nproc`` and a free MASTER_PORT on 127.0.0.1, and, unless OMP_NUM_THREADS is set, an
-    equal share of the cores. When a process fails, the others are stopped and a ``WorkerError`` names
-    the process and its error (the worker's traceback is its ``__cause__``).
+
+def launch(fn, nproc: int, *args) -> None:
+    """Run ``fn(*args)`` in ``nproc`` new processes on this machine, as ``torchrun --standalone`` would.
+
+    torch's elastic launcher starts them (spawned; RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and a free
+    MASTER_PORT set) and stops the others when one fails. ``fn`` must be importable (a module-level function).
+    Unless OMP_NUM_THREADS is set, each process takes an equal share of the cores. A failure raises a
+    ``WorkerError`` naming the first process that failed and its error.
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    import torch.multiprocessing as mp
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     try:
-        mp.start_processes(_worker, args=(nproc, free_port(), fn, args), nprocs=nproc, start_method="spawn")
-    except mp.ProcessRaisedException as e:
-        lines = [line for line in str(e).strip().splitlines() if line.strip()]
-        raise WorkerError(f"process {e.error_index} of {nproc} failed: {lines[-1] if lines else e}") from e
-    except mp.ProcessExitedException as e:
-        raise WorkerError(f"process {e.error_index} of {nproc} died: {e}") from e
+        # The launcher's per-process error files go to a folder of ours, removed when the job ends.
+        with tempfile.TemporaryDirectory(prefix="vtr-launch-") as logs, _quiet_launcher():
+            config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"vtr-{uuid.uuid4().hex}",
+                                  rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", local_addr="127.0.0.1",
+                                  max_restarts=0, monitor_interval=0.1, start_method="spawn",
+                                  logs_specs=DefaultLogsSpecs(log_dir=logs))
+            elastic_launch(config, _worker)(nproc, fn, args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        message = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+        raise WorkerError(f"process {rank} of {nproc} failed: "
+                          f"{message or f'exit code {failure.exitcode}'}") from e
 
 
 class WorkerError(RuntimeError):

@@ -31,12 +31,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from vtr.device import resolve_device
-from vtr.records import CacheTensors
+from vtr.cache.records import CacheTensors
+from vtr.core.device import resolve_device
+from vtr.core.files import atomic_write_bytes, atomic_write_text
 from vtr.train.distributed import Dist, PairLoss, init_from_env, launch, local_rows, shard_sizes, shutdown
+from vtr.train.encode import encode_all, score_matrix
 from vtr.train.heads import RetrievalHead, build_head, count_parameters, text_batch, video_batch
+from vtr.train.layers import use_model_logit_scale
 from vtr.train.losses import dsl_loss, get_loss
-from vtr.files import atomic_write_bytes, atomic_write_text
 from vtr.train.runs import (CONFIG, CURVES, LAST, LOG, FitConfig, checkpoint_path, claim_run_folder,
                             config_differences, load_weights, read_last, read_record, run_record, save_best, save_last)
 
@@ -54,8 +56,8 @@ def train_captions(data: CacheTensors) -> tuple[list[np.ndarray], np.ndarray]:
     """The training pairs of ``data`` in its own row numbers: (caption rows per video row, usable video rows).
 
     Usable: a train-split video that decoded and has train captions. The same pairs, in the same order, as
-    ``captions_by_video(data.select("train"))`` gives, but without copying the split's arrays (at
-    MSR-VTT-9k scale that copy was 0.85 GB, once per process).
+    ``captions_by_video(data.select("train"))`` gives, but without copying the split's arrays (most of the
+    cache's memory, once per process).
     """
     in_train = (data.video_split == "train") & data.video_ok
     keep = (data.text_split == "train") & in_train[data.text_video]
@@ -75,8 +77,7 @@ def epoch_batches(caps: list[np.ndarray], usable: np.ndarray, batch_size: int, s
 @torch.no_grad()
 def validate(head: RetrievalHead, data: CacheTensors, batch_size: int, device) -> dict:
     """T2V retrieval metrics of ``head`` on ``data`` (every caption against every video)."""
-    from vtr.eval.evaluate import encode_all, score_matrix
-    from vtr.eval.metrics import retrieval_metrics, t2v_ranks
+    from vtr.core.metrics import retrieval_metrics, t2v_ranks
 
     was_training = head.training
     head.eval()
@@ -91,8 +92,7 @@ def make_optimizer(head: RetrievalHead, cfg: FitConfig) -> torch.optim.Optimizer
     params = [p for p in head.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    # The fused kernel does the whole update in one pass per tensor: on CPU it was 7x faster than the
-    # default per-tensor loop for CAMoE's 8.5M parameters (0.027 s against 0.18 s a step, bench/fit.py).
+    # The fused kernel updates each tensor in one pass, much faster on CPU than the default loop (bench/fit.py).
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
@@ -169,7 +169,7 @@ def read_checkpoint(run_dir: Path, record: dict, cfg: FitConfig) -> dict | None:
     (on the CPU), or None for a new run.
 
     Refuses a run with another config, naming the keys that differ, and a checkpoint that holds more than
-    tensors and plain data (vtr.safe_load.LoadError).
+    tensors and plain data (vtr.core.safe_load.LoadError).
     """
     if not (run_dir / CONFIG).is_file():
         return None
@@ -271,6 +271,7 @@ def _fit(data: CacheTensors, run_dir: Path, cfg: FitConfig, cache_path: str, pro
 
     torch.manual_seed(cfg.seed)
     head = build_head(cfg.model, data.dim, data.max_frames, **cfg.head_options).to(device)
+    use_model_logit_scale(head, data.attrs)  # an open_clip backbone's own scale; CLIP's 100 otherwise
     n_params = count_parameters(head)
     if n_params == 0:
         raise ValueError(f"{head.name} has no trainable parameters: zero-shot needs no fitting "

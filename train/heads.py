@@ -10,71 +10,21 @@ Every head speaks one interface, so fit and eval never special-case a model:
 
 A single-stream head (meanP, seqTransf) has E = 1 and a gate of ones. Because the score is a gated sum of
 per-expert dot products, eval can encode each side once and score in chunks.
+
+The base class and the shared building blocks are in ``vtr.train.layers``; a new head is a module beside
+``camoe.py`` and one entry in ``HEADS``.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtr.records import CacheTensors
-
-CLIP_LOGIT_SCALE = 100.0  # CLIP's trained temperature (exp(4.6052)); zero-shot scores use it
-
-
-class RetrievalHead(nn.Module):
-    """Base class: subclasses implement ``encode_video`` and ``encode_text``."""
-
-    name = "head"
-
-    def __init__(self, dim: int, logit_scale: float = CLIP_LOGIT_SCALE, learn_scale: bool = False):
-        super().__init__()
-        self.dim = dim
-        log_scale = torch.tensor(math.log(logit_scale))
-        if learn_scale:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
-
-    @property
-    def scale(self) -> torch.Tensor:
-        # Clamped as CLIP does, so a learned temperature cannot blow up the logits.
-        return self.log_scale.exp().clamp(max=100.0)
-
-    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def encode_text(self, text: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def similarity(self, t: torch.Tensor, gate: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        per_expert = torch.einsum("ted,ved->tve", t, v)
-        return self.scale * (per_expert * gate[:, None, :]).sum(-1)
-
-    def forward(self, frames, mask, text):
-        t, gate = self.encode_text(text)
-        return self.similarity(t, gate, self.encode_video(frames, mask))
-
-    def training_loss(self, frames, mask, text, loss_fn) -> torch.Tensor:
-        """The loss of one batch whose pairs sit on the diagonal."""
-        t, gate = self.encode_text(text)
-        return self.pair_loss(t, gate, self.encode_video(frames, mask), loss_fn)
-
-    def pair_loss(self, t, gate, v, loss_fn) -> torch.Tensor:
-        """The loss on encoded pairs (row i of ``t`` matches row i of ``v``); heads with extra terms override it.
-
-        Kept apart from encoding so distributed training can gather every rank's embeddings first.
-        """
-        return loss_fn(self.similarity(t, gate, v))
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over dim 1 of ``x`` [B, T, D] counting only positions where ``mask`` [B, T] is True."""
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+from vtr.cache.records import CacheTensors
+from vtr.train.camoe import CAMoE
+from vtr.train.layers import (CLIP_LOGIT_SCALE, Block, RetrievalHead, identity_, masked_mean,  # noqa: F401 (re-exported)
+                              temporal_transformer)
 
 
 class MeanP(RetrievalHead):
@@ -88,29 +38,6 @@ class MeanP(RetrievalHead):
     def encode_text(self, text):
         s = F.normalize(text["sentence"], dim=-1).unsqueeze(1)
         return s, torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)
-
-
-class Block(nn.Module):
-    """A pre-norm transformer block (as in CLIP): ``x + attn(ln(x))``, then ``x + mlp(ln(x))``.
-
-    The two output projections start at zero, so a fresh block is the identity; the head then starts
-    exactly at zero-shot CLIP and training moves it from there.
-    """
-
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.ln_2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
-        for out in (self.attn.out_proj, self.mlp[2]):
-            nn.init.zeros_(out.weight)
-            nn.init.zeros_(out.bias)
-
-    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
 
 
 class SeqTransf(RetrievalHead):
@@ -137,21 +64,13 @@ class SeqTransf(RetrievalHead):
         self.max_frames = max_frames
         self.pos = nn.Parameter(torch.zeros(max_frames, dim))
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
-        self.text_proj = nn.Linear(dim, dim)
-        with torch.no_grad():
-            self.text_proj.weight.copy_(torch.eye(dim))
-            self.text_proj.bias.zero_()
+        self.text_proj = identity_(nn.Linear(dim, dim))
 
     def encode_video(self, frames, mask):
         T = frames.shape[1]
         if T > self.max_frames:
             raise ValueError(f"seqTransf was built for {self.max_frames} frames, got {T}")
-        # A row with no real frame would make every attention key masked (softmax of all -inf = NaN);
-        # let it attend to its padding instead. Its pooled output is zero either way.
-        pad = ~mask & mask.any(1, keepdim=True)
-        h = frames + self.pos[:T]
-        for block in self.blocks:
-            h = block(h, pad)
+        h = temporal_transformer(frames, mask, self.pos, self.blocks)
         return F.normalize(masked_mean(h + frames, mask), dim=-1).unsqueeze(1)
 
     def encode_text(self, text):
@@ -163,14 +82,8 @@ class SeqTransf(RetrievalHead):
 HEADS = {
     "meanP": lambda dim, max_frames, **options: MeanP(dim, **options),
     "seqTransf": lambda dim, max_frames, **options: SeqTransf(dim, max_frames, **options),
-    "camoe": lambda dim, max_frames, **options: _camoe(dim, max_frames, **options),
+    "camoe": lambda dim, max_frames, **options: CAMoE(dim, max_frames, **options),
 }
-
-
-def _camoe(dim, max_frames, **options):
-    from vtr.train.camoe import CAMoE  # camoe.py builds on this module's Block
-
-    return CAMoE(dim, max_frames, **options)
 
 
 def build_head(name: str, dim: int, max_frames: int, **options) -> RetrievalHead:

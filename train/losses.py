@@ -16,14 +16,16 @@ def info_nce(logits: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def dual_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def dual_softmax(logits: torch.Tensor, temperature: float, softmax=None) -> torch.Tensor:
     """DSL's prior-reweighted logits: S' = S * softmax(S / temperature, dim=0) * len(S).
 
     The softmax over dim 0 asks, for each column, how strongly each row claims it compared with the other
     rows; multiplying by it damps a column that many rows score highly (a "hub"). The factor len(S)
-    makes a uniform prior (temperature -> inf) leave S unchanged.
+    makes a uniform prior (temperature -> inf) leave S unchanged. ``softmax`` replaces ``F.softmax(., dim=0)``:
+    inference (``vtr.eval.rescore.dsl``) passes one that keeps ties exact.
     """
-    return logits * F.softmax(logits / temperature, dim=0) * len(logits)
+    prior = F.softmax(logits / temperature, dim=0) if softmax is None else softmax(logits / temperature)
+    return logits * prior * len(logits)
 
 
 def dsl_loss(logits: torch.Tensor, temperature: float = 1000.0) -> torch.Tensor:

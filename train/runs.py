@@ -3,7 +3,7 @@
     run_dir/
       config.json        FitConfig + the cache's path and fingerprint + feature shape + vtr version
       last.safetensors   head, optimizer and scheduler state, epoch, best-so-far and the per-epoch history
-                         (tensors as safetensors, the rest as a JSON skeleton in its header: vtr.safe_load)
+                         (tensors as safetensors, the rest as a JSON skeleton in its header: vtr.core.safe_load)
       best.safetensors   the head's state dict at the best validation epoch (T2V R@1+R@5+R@10 on val; the
                          last epoch if the cache has no val captions); its header holds that epoch and metrics
       log.jsonl          one JSON line per epoch: epoch, train_loss, val metrics, seconds, lr
@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-import vtr
-from vtr.files import atomic_write_bytes, remove_temporaries
-from vtr.records import CacheTensors
-from vtr.safe_load import LoadError, dump_state, load_json, load_safetensors, load_state, load_torch
+from vtr.core import __version__
+from vtr.core.files import atomic_write_bytes, remove_temporaries
+from vtr.core.settings import settings_diff
+from vtr.cache.records import CacheTensors
+from vtr.core.safe_load import LoadError, dump_state, load_json, load_safetensors, load_state, load_torch
 from vtr.train.heads import RetrievalHead, build_head
 
 CONFIG, LAST, BEST, LOG, CURVES = "config.json", "last.safetensors", "best.safetensors", "log.jsonl", "curves.png"
@@ -90,7 +91,7 @@ def run_record(cfg: FitConfig, data: CacheTensors, cache_path: str) -> dict:
         "cache": {"path": str(cache_path), "fingerprint": cache_fingerprint(data), "attrs": data.attrs},
         "dim": data.dim,
         "max_frames": data.max_frames,
-        "vtr_version": vtr.__version__,
+        "vtr_version": __version__,
     }
 
 
@@ -204,19 +205,8 @@ def claim_run_folder(run_dir: Path, log=print):
 def config_differences(saved: dict, new: dict) -> list[str]:
     """The config.json keys (dotted) whose values differ, ignoring FitConfig.RESUMABLE and the cache path."""
     ignore = {f"fit.{k}" for k in FitConfig.RESUMABLE} | {"cache.path", "cache.attrs", "vtr_version"}
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict) and key != "fit.head_options":
-                out.update(flat(v, key + "."))
-            else:
-                out[key] = v
-        return out
-
-    a, b = flat(saved), flat(new)
-    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+    diff = settings_diff(saved, new, depth=None, whole={"fit.head_options"}, ignore=ignore, one_sided=True)
+    return sorted(k for k, _, _ in diff)
 
 
 def load_run(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[RetrievalHead, FitConfig, dict]:
@@ -224,7 +214,7 @@ def load_run(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[R
 
     Returns (head, config, info) where info is config.json's contents plus ``cache_path`` (the cache the
     run was trained on), the checkpoint's ``epoch`` and, for best, its ``val`` metrics. Every file is read
-    as plain data (vtr.safe_load): one holding anything else is refused with a `LoadError`.
+    as plain data (vtr.core.safe_load): one holding anything else is refused with a `LoadError`.
     """
     run_dir = Path(run_dir)
     if which not in ("best", "last"):

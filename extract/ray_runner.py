@@ -1,6 +1,6 @@
 """Run extraction shards as Ray tasks on an existing cluster (or a local one), then combine them.
 
-One task per shard, each calling the same `vtr.shards.ShardJob.run` that ``vtr extract --shard I/N``
+One task per shard, each running the same `vtr.extract.job.ExtractJob` that ``vtr extract --shard I/N``
 runs, so a shard done by Ray and one done by a SLURM array job are the same file. A task gets the job
 as plain values and loads the dataset and CLIP on its worker. Each task asks for ``num_cpus`` CPUs (its
 decode workers) and one GPU when the cluster has GPUs. A task whose worker dies (a node lost, out of
@@ -21,8 +21,9 @@ from typing import Callable
 from tqdm import tqdm
 
 from vtr.cache import CacheError
-from vtr.omp import VARIABLE as OMP_VARIABLE
-from vtr.shards import CombineReport, ShardError, ShardJob, combine_shards, shard_path
+from vtr.core.omp import VARIABLE as OMP_VARIABLE
+from vtr.extract.job import ExtractJob
+from vtr.extract.shards import CombineReport, ShardError, combine_shards, shard_path
 
 # Failures a retry cannot fix: report them at once instead of retrying.
 _PERMANENT = (CacheError, ValueError, FileNotFoundError, PermissionError)
@@ -37,12 +38,12 @@ def import_ray():
     return ray
 
 
-def _run_shard(job: ShardJob, i: int, n: int) -> dict:
+def _run_shard(job: ExtractJob, i: int, n: int) -> dict:
     """The task body: {"ok": stats} or {"error": message} for failures that retrying cannot fix."""
     from vtr.extract.clip_encoder import ClipWeightsMissing
 
     try:
-        stats = job.run(i, n, progress=False, log=lambda msg: None)
+        stats = job.for_shard(i, n).run(progress=False, log=lambda msg: None)
     except (*_PERMANENT, ClipWeightsMissing) as e:
         return {"error": f"{type(e).__name__}: {e}"}
     return {"ok": stats.as_dict()}
@@ -71,7 +72,7 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def run_on_ray(job: ShardJob, n: int, *, address: str | None = None, cpus_per_shard: int = 1,
+def run_on_ray(job: ExtractJob, n: int, *, address: str | None = None, cpus_per_shard: int = 1,
                local_cpus: int | None = None, max_retries: int = 3, progress: bool = True, combine: bool = True,
                log: Callable[[str], None] = print) -> RayResult:
     """Extract shards 0..n-1 of ``job`` as Ray tasks, then combine them into ``job.out``.
@@ -84,7 +85,7 @@ def run_on_ray(job: ShardJob, n: int, *, address: str | None = None, cpus_per_sh
     started = _connect(ray, address, local_cpus)
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
-        # Each task's worker starts with extraction's OpenMP setting (vtr.omp), before it imports torch.
+        # Each task's worker starts with extraction's OpenMP setting (vtr.core.omp), before it imports torch.
         env = {OMP_VARIABLE: os.environ.get(OMP_VARIABLE, "PASSIVE")}
         task = ray.remote(_run_shard).options(
             num_cpus=cpus_per_shard, num_gpus=1 if gpus else 0, max_retries=max_retries, retry_exceptions=True,
@@ -93,8 +94,8 @@ def run_on_ray(job: ShardJob, n: int, *, address: str | None = None, cpus_per_sh
         log(f"{n} shards as Ray tasks on {where} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs, "
             f"{gpus:.0f} GPUs; {cpus_per_shard} CPU{'s' if cpus_per_shard > 1 else ''}"
             f"{' and 1 GPU' if gpus else ''} a task)")
-        if "workers" not in job.extract_options:  # decode with the CPUs the task asked for
-            job = replace(job, extract_options={**job.extract_options, "workers": cpus_per_shard})
+        if job.settings.workers is None:  # decode with the CPUs the task asked for
+            job = replace(job, settings=replace(job.settings, workers=cpus_per_shard))
         refs = {task.remote(job, i, n): i for i in range(n)}
         stats, failed = _gather(ray, refs, n, progress, log)
     finally:

@@ -51,6 +51,9 @@ class Dataset:
     settings: dict = field(default_factory=dict)
     # The annotation files the reader read (absolute paths, in first-read order): `vtr info` shows their hashes.
     annotation_files: list[str] = field(default_factory=list)
+    # Two-word nouns the captions' author knows to be one noun (the synthetic generator's "plus sign"): the
+    # caption parser reads each as one noun phrase (vtr.extract.parse_rules). Real datasets leave it empty.
+    caption_nouns: frozenset = frozenset()
 
 
 @dataclass
@@ -76,7 +79,7 @@ class CacheTensors:
     phrase_mask: np.ndarray | None = None  # [M, 3] bool, True where the caption has that phrase
     frame_times: np.ndarray | None = None  # [N, T] float32 seconds of each kept frame, NaN where padded/unknown
 
-    def select(self, split: str) -> "CacheTensors":
+    def select(self, split: str) -> CacheTensors:
         """The subset of one split: its decodable videos and the captions that point at them.
 
         Text rows are re-indexed to the new video rows, so ``text_video`` stays valid.

@@ -4,13 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from vtr.cache import read_cache
+from vtr.cache.records import CacheTensors
+from vtr.eval import rescorers
 from vtr.eval.evaluate import DSL_MEMORY_MIB, evaluate
 from vtr.eval.report import LEFT_OUT_NOTE
-from vtr.records import CacheTensors
 from vtr.train.heads import MeanP
+from vtr.train.layers import use_model_logit_scale
 from vtr.train.runs import load_run
 
-RESCORES = ("none", "dsl", "qbnorm")
+RESCORES = rescorers.names()  # every registered method, "none" (raw scores) first
 
 
 def default_split(data: CacheTensors) -> str:
@@ -23,8 +25,8 @@ def _evaluate(head, data: CacheTensors, cache_path, split, rescore, device, dsl_
     if rescore not in RESCORES:
         raise ValueError(f"rescore must be one of {RESCORES}, not {rescore!r}")
     split = split or default_split(data)
-    # QB-Norm's query bank: the training split's captions (T2V) and videos (V2T), never test queries.
-    bank = data.select("train") if rescore == "qbnorm" else None
+    # A query bank (QB-Norm's): the training split's captions (T2V) and videos (V2T), never test queries.
+    bank = data.select("train") if rescorers.get(rescore).uses_bank else None
     # Ranks are counted tile by tile (never the whole score matrix); the bar shows on large splits in a terminal.
     report = evaluate(head, data, split=split, rescore=rescore, bank=bank, cache_path=str(cache_path),
                       device=device, progress=True, dsl_memory_mib=dsl_memory_mib)
@@ -57,17 +59,19 @@ def evaluate_zero_shot(cache_path, *, split=None, rescore="none", device="cpu", 
                        dsl_memory_mib=DSL_MEMORY_MIB) -> dict:
     """Zero-shot CLIP (meanP over the frozen frame embeddings): nothing trained."""
     data = data if data is not None else read_cache(cache_path)
-    return _evaluate(MeanP(data.dim), data, cache_path, split, rescore, device, dsl_memory_mib)
+    head = use_model_logit_scale(MeanP(data.dim), data.attrs)  # the backbone's own logit scale, if recorded
+    return _evaluate(head, data, cache_path, split, rescore, device, dsl_memory_mib)
 
 
 def evaluate_run(run_dir, *, cache_path=None, split=None, rescore="none", device="cpu", data=None,
                  dsl_memory_mib=DSL_MEMORY_MIB) -> dict:
     """A trained head from ``run_dir`` (its best checkpoint) on its cache, or on ``cache_path``."""
-    head, cfg, info = load_run(Path(run_dir))
+    head, _cfg, info = load_run(Path(run_dir))
     cache_path = cache_path or info.get("cache_path")
     if not cache_path:
         raise ValueError(f"{run_dir}: the run does not say which cache it was trained on; pass --cache")
     data = data if data is not None else read_cache(cache_path)
+    use_model_logit_scale(head, data.attrs, trained=True)
     report = _evaluate(head, data, cache_path, split, rescore, device, dsl_memory_mib)
     report["run"] = str(run_dir)
     return report

@@ -10,7 +10,7 @@ machine and Python (unlike ``hash()``, which is salted per process). Captions go
 
 Files. For a cache ``OUT`` (``cache/msvd.h5`` by default), shard ``i`` of ``n`` is the ordinary cache
 ``cache/msvd.shards/shard-00i-of-00n.h5``: same schema and settings as an unsharded run would write,
-made by `vtr.extract_stage.run_extract` on the dataset filtered to the shard, so resuming after a kill and
+made by `vtr.extract.stage.run_extract` on the dataset filtered to the shard, so resuming after a kill and
 extracting only new videos work per shard as they do for one cache.
 
 Combining (`combine_shards`, ``vtr combine OUT``) writes ``OUT`` as a small file of HDF5 virtual datasets
@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import h5py
 
 from vtr.cache import CacheError, unfinished_parts, write_combined, writer_active
-from vtr.records import Dataset
+from vtr.cache.records import Dataset
 
 _NAME = re.compile(r"^shard-(\d+)-of-(\d+)\.h5$")
 
@@ -101,55 +101,20 @@ def find_shards(out) -> dict[int, dict[int, Path]]:
 # ----------------------------------------------------------------------------- extracting one shard
 
 
-def extract_shard(dataset: Dataset, encoder, out, i: int, n: int, *, log: Callable[[str], None] = print,
-                  **extract_options):
+def extract_shard(dataset: Dataset, encoder, out, i: int, n: int, settings=None, *, progress: bool = True,
+                  log: Callable[[str], None] = print, **overrides):
     """Extract shard ``i`` of ``n`` of ``dataset`` into its shard cache beside ``out``; returns ExtractStats.
 
-    ``extract_options`` are `run_extract`'s (fps, max_frames, workers, progress, ...).
+    ``settings`` and ``overrides`` are `run_extract`'s (`vtr.extract.stage.ExtractSettings`). Another machine
+    runs a shard from a `vtr.extract.job.ExtractJob` with ``shard=(i, n)``.
     """
-    from vtr.extract_stage import run_extract
+    from vtr.extract.stage import run_extract
 
     part = shard_dataset(dataset, i, n)
     path = shard_path(out, i, n)
     log(f"shard {i}/{n}: {len(part.videos)} of {len(dataset.videos)} videos, {len(part.captions)} captions "
         f"-> {path}")
-    return run_extract(part, encoder, path, log=log, **extract_options)
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """Everything a shard needs to run on another machine, as plain values (it pickles small).
-
-    The worker reads the dataset and loads CLIP itself, so paths must be ones it can see (a shared
-    filesystem); `vtr extract` makes them absolute.
-    """
-
-    dataset: str
-    root: str | None
-    out: str  # the combined cache; shards go to its .shards folder
-    clip: str = "ViT-B/32"
-    clip_cache: str | None = None
-    device: str = "auto"
-    # CLIP's --precision, as the user gave it: "auto" is resolved by each worker for its own hardware
-    # (fp16 on a GPU, bf16 on a CPU with bfloat16 instructions); an explicit one is used everywhere.
-    precision: str = "auto"
-    offline: bool | None = None  # --offline: never download CLIP weights (None: each worker's VTR_OFFLINE decides)
-    dataset_options: dict = field(default_factory=dict)  # load_dataset's: annotations, split_variant, ...
-    extract_options: dict = field(default_factory=dict)  # run_extract's: fps, max_frames, workers, ...
-
-    def load_dataset(self, progress: bool = False) -> Dataset:
-        from vtr.extract.datasets import load_dataset
-
-        return load_dataset(self.dataset, self.root, progress=progress, **self.dataset_options)
-
-    def run(self, i: int, n: int, *, progress: bool = False, log: Callable[[str], None] = print):
-        """Load the dataset and CLIP, then extract shard ``i`` of ``n``; returns ExtractStats."""
-        from vtr.extract.clip_encoder import load_clip
-
-        dataset = self.load_dataset()
-        encoder = load_clip(self.clip, device=self.device, download_root=self.clip_cache, precision=self.precision,
-                            offline=self.offline, progress=progress, log=log)
-        return extract_shard(dataset, encoder, self.out, i, n, progress=progress, log=log, **self.extract_options)
+    return run_extract(part, encoder, path, settings, progress=progress, log=log, **overrides)
 
 
 # ----------------------------------------------------------------------------- combining

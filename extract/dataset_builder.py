@@ -1,5 +1,6 @@
-"""What every dataset reader shares: safe paths, one index of the videos folder, tolerant line reading,
-and the builder that turns annotation records into a `vtr.records.Dataset`.
+"""What every dataset reader shares: the builder that turns annotation records into a
+`vtr.cache.records.Dataset` (`DatasetBuilder`), the declaration of a reader's own options
+(`ReaderOption`), safe paths, one index of the videos folder and tolerant line reading.
 
 Safety rule: an annotation never decides which path is opened. Ids are checked (`check_id`) before they
 are looked up, lookups go through an index of files that really are in the videos folder (`VideoIndex`),
@@ -12,8 +13,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
-from vtr.records import SPLITS, CaptionItem, Dataset, VideoItem
+from vtr.cache.records import SPLITS, CaptionItem, Dataset, VideoItem
 
 # Extensions a video may have on disk, in the order preferred when one folder holds the same stem twice.
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".3gp", ".mpg", ".mpeg", ".wmv", ".3g2",
@@ -22,6 +24,31 @@ VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".3gp", ".mpg", "
 
 class AnnotationError(ValueError):
     """Malformed or unsafe annotation input; the message names the file (and line) and the problem."""
+
+
+@dataclass(frozen=True)
+class ReaderOption:
+    """An option one reader takes beyond root, annotations and videos (MSR-VTT's split variant, ...).
+
+    A reader module lists its own in ``OPTIONS``; `vtr extract` and `vtr info --dataset` make each a flag
+    (``--split-variant``), so a new dataset needs no edit of the command line. Unset, the reader's own
+    default applies; ``default`` repeats it for --help (a test checks the two agree).
+    """
+
+    name: str  # the reader's keyword argument
+    help: str  # what it does, for --help
+    default: Any = None
+    type: type = str  # str, int or bool (a flag)
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def describe(self) -> str:
+        """The help text with the default, when there is one worth saying."""
+        shown = self.default is not None and self.default is not False
+        return self.help + (f" Default: {self.default}." if shown else "")
 
 
 def check_id(name: str, where: str) -> str:

@@ -4,17 +4,14 @@ The cache is keyed by id, but an id is not all a row depends on. `plan_sync` com
 the cached one and sorts the differences by what they cost (docs/cache.md has the table):
 
 - a video that is new, or whose file changed since it was decoded, is decoded again; a file counts as
-  changed when its size or modification time (ns) differs from the ones stored with the row. A content
-  hash would also catch a same-size rewrite that kept the mtime, but it means reading every video on every
-  rerun (hundreds of GB for ActivityNet) just to find nothing to do; size and mtime are what make and
-  rsync trust, and cost one stat. A cache made before the stat was stored adopts the file's stat now;
+  changed when its size or modification time (ns) differs from the ones stored with the row (one stat, as
+  make and rsync trust; a content hash would read every video on every rerun). A cache made before the
+  stat was stored adopts the file's stat now;
 - a caption whose text changed is parsed and encoded again;
 - a changed split (or caption's video) is updated in place: embeddings do not depend on it. So is a
-  changed path whose file has the stored size and mtime (the same file, moved or reached by another
-  --root); a changed path to a file with another stat is decoded again;
+  changed path to a file with the stored size and mtime (the same file, moved); another stat: decoded again;
 - a video or caption no longer in the annotations is removed at the commit (kept with ``keep_removed``).
-  A video the annotations still name whose file is missing on disk (and its captions, which the readers
-  drop with it) is kept: the annotations did not remove it.
+  A video the annotations still name whose file is missing on disk is kept, with its captions.
 """
 from __future__ import annotations
 
@@ -23,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vtr.cache import FAILED
-from vtr.extract.weights import sha256_file
-from vtr.records import Dataset, VideoItem
+from vtr.cache.records import Dataset, VideoItem
+from vtr.cache.schema import FAILED
+from vtr.core.files import sha256_file
 
 UNKNOWN = (-1, -1)
 

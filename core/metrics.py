@@ -18,7 +18,7 @@ favour.) NaN and infinite scores cannot be ranked and raise ValueError (``NONFIN
 whole matrix, tiled, raw, DSL and QB-Norm.
 
 ``t2v_ranks`` / ``v2t_ranks`` rank a matrix that exists whole (or as an array-like read block by block).
-``vtr.eval.evaluate`` never builds the matrix: it counts the same ranks tile by tile over ``plan_blocks``.
+``vtr.eval.ranks`` never builds the matrix: it counts the same ranks tile by tile over ``plan_blocks``.
 """
 from __future__ import annotations
 
@@ -31,8 +31,7 @@ TIE_RULE = "rank = 1 + number of other candidates scoring >= the true one (ties 
 NONFINITE_SCORES = "similarity matrix contains NaN or infinite scores; ranks are undefined"
 DEFAULT_CHUNK = 4096
 # Tile edge for chunked evaluation: a 1024 x 1024 float32 tile is 4 MiB, large enough for an efficient matrix
-# product, and the tile with DSL's three scratch tiles fits a 32 MiB L3 cache (at 2048, DSL at 10k x 10k took
-# 2.0 x the matrix product rather than 1.5 x on the 2-core machine of bench/eval.py; raw and QB-Norm no worse).
+# product, and the tile with DSL's three scratch tiles fits a 32 MiB L3 cache (docs/evaluation.md, "Tile size").
 DEFAULT_TILE = 1024
 
 
@@ -56,8 +55,16 @@ def _check_inputs(sim, text_video) -> tuple[np.ndarray, np.ndarray]:
     return sim, text_video
 
 
-def _check_finite(block: np.ndarray) -> None:
-    if not np.isfinite(block).all():
+def require_finite(scores) -> None:
+    """ValueError (``NONFINITE_SCORES``) if ``scores`` (a numpy array or a torch tensor) holds NaN or an infinity.
+
+    One cheap reduction first: a finite sum proves every score finite; a non-finite one (NaN, an infinity, or
+    finite scores that overflow) triggers the exact check."""
+    if isinstance(scores, np.ndarray):
+        ok = bool(np.isfinite(scores.sum())) or bool(np.isfinite(scores).all())
+    else:
+        ok = bool(scores.sum().isfinite()) or bool(scores.isfinite().all())
+    if not ok:
         raise ValueError(NONFINITE_SCORES)
 
 
@@ -70,7 +77,7 @@ def t2v_ranks(sim, text_video, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
     ranks = np.empty(sim.shape[0], dtype=np.int64)
     for i0 in range(0, sim.shape[0], chunk):
         block = np.asarray(sim[i0 : i0 + chunk])
-        _check_finite(block)
+        require_finite(block)
         true = block[np.arange(len(block)), text_video[i0 : i0 + chunk]]
         ranks[i0 : i0 + chunk] = (block >= true[:, None]).sum(1)
     return ranks
@@ -93,7 +100,7 @@ def v2t_ranks(sim, text_video, n_videos: int | None = None, chunk: int = DEFAULT
     ranks = np.empty(n, dtype=np.int64)
     for v0 in range(0, n, chunk):
         block = np.asarray(sim[:, v0 : v0 + chunk])[order]  # [M, c], rows grouped by video
-        _check_finite(block)
+        require_finite(block)
         group = np.maximum.reduceat(block, starts, axis=0)  # [N groups, c]: G[g, v] for v in the chunk
         cols = np.arange(group.shape[1])
         true = group[v0 + cols, cols]

@@ -1,0 +1,120 @@
+"""One short check of extraction on a GPU: `random:ViT-B/32` in fp16, frames copied from pinned memory,
+on generated clips; its embeddings against the CPU's fp32 ones (min and mean cosine), and its frames per
+second against the image tower alone (synthetic input already on the GPU: the bound extraction can reach).
+
+    python scripts/gpu_check.py                      # a machine with a CUDA GPU; a few minutes at most
+    python scripts/gpu_check.py --device cpu --clip random:tiny --videos 2 --seconds 2   # dry run, CPU only
+
+Without a CUDA GPU (and without --device cpu) it exits 1 with one line and measures nothing. The dry run
+goes through the same steps on the CPU, in fp32, and labels every line DRY RUN: its numbers are no GPU's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tower_bound(encoder, batch: int, seconds: float) -> float:
+    """Frames per second of the image tower alone: normalised random input already on the device, in the
+    encoder's dtype, batch after batch for about ``seconds`` (after a warm-up)."""
+    r = encoder.resolution
+    x = torch.randn(batch, 3, r, r, device=encoder.device).to(encoder.dtype)
+    for _ in range(2):
+        encoder.encode_image(x)
+    _sync(encoder.device)
+    n, t0 = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - t0 < seconds:
+        encoder.encode_image(x)
+        n += 1
+    _sync(encoder.device)
+    return n * batch / (time.perf_counter() - t0)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(min, mean) cosine between matching rows of two float arrays."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(c.min()), float(c.mean())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", help="cuda[:N] (the check), or cpu (a dry run of its steps).")
+    ap.add_argument("--clip", default="random:ViT-B/32", help="CLIP to load (random weights: nothing to download).")
+    ap.add_argument("--videos", type=int, default=48, help="Synthetic clips to generate and extract.")
+    ap.add_argument("--seconds", type=float, default=12.0, help="Length of each clip (1 frame sampled per second).")
+    ap.add_argument("--batch", type=int, default=256, help="Frames per batch, in extraction and in the bound.")
+    ap.add_argument("--bound-seconds", type=float, default=10.0, help="How long to time the image tower alone.")
+    ap.add_argument("--workdir", type=Path, help="Where the clips and the two caches go. Default: a temporary folder.")
+    ap.add_argument("--json", type=Path, help="Also write the results here.")
+    args = ap.parse_args(argv)
+
+    on_gpu = args.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
+        print(f"gpu_check: no CUDA GPU on this machine (torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+              "nothing was measured (--device cpu runs a dry run of the steps)", file=sys.stderr)
+        return 1
+    from vtr.cache import read_cache
+    from vtr.extract.clip_loader import load_clip
+    from vtr.extract.stage import run_extract
+    from vtr.extract.synthetic import generate, read_synthetic
+
+    tag = "" if on_gpu else "DRY RUN on cpu (no GPU measured): "
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        t0 = time.perf_counter()
+        generate(work / "clips", n_videos=args.videos, seed=0, seconds=args.seconds, progress=False)
+        ds = read_synthetic(work / "clips")
+        print(f"{tag}{len(ds.videos)} synthetic clips of {args.seconds:g} s in {time.perf_counter() - t0:.1f} s")
+
+        # The GPU run: fp16, frames sent as uint8 from pinned memory (ClipEncoder.encode_frames on CUDA).
+        enc = load_clip(args.clip, device=args.device, precision="fp16" if on_gpu else "fp32")
+        enc.encode_frames(np.zeros((8, enc.resolution, enc.resolution, 3), np.uint8))  # warm-up: kernels, pools
+        _sync(enc.device)
+        fast = run_extract(ds, enc, work / "device.h5", progress=False, log=lambda s: None, batch_frames=args.batch)
+        name = torch.cuda.get_device_name(enc.device) if on_gpu else "cpu"
+        print(f"{tag}{enc.describe()} [{name}]")
+        extract_fps = fast.frames_encoded / fast.video_seconds
+        where = (f"image tower busy {fast.clip_seconds:.2f} s, "
+                 f"waiting for decoded videos {fast.decode_wait_seconds:.2f} s")
+        print(f"{tag}extraction: {fast.frames_encoded} frames of {fast.videos_decoded} videos in "
+              f"{fast.video_seconds:.2f} s = {extract_fps:.0f} frames/s (decode, copy, image tower, cache rows); "
+              + where)
+        bound = tower_bound(enc, args.batch, args.bound_seconds)
+        print(f"{tag}image tower alone (random input on the device, batch {args.batch}): {bound:.0f} frames/s; "
+              f"extraction reaches {100 * extract_fps / bound:.0f}% of it")
+
+        ref = run_extract(ds, load_clip(args.clip, device="cpu", precision="fp32"), work / "cpu.h5",
+                          progress=False, log=lambda s: None, batch_frames=args.batch)
+        a, b = read_cache(work / "device.h5"), read_cache(work / "cpu.h5")
+        assert list(a.video_ids) == list(b.video_ids) and list(a.text_ids) == list(b.text_ids)
+        valid = a.frame_mask.astype(bool)
+        assert (valid == b.frame_mask.astype(bool)).all(), "the two runs sampled different frames"
+        frames = cosines(a.frames[valid], b.frames[valid])
+        texts = cosines(a.text_emb, b.text_emb)
+        print(f"{tag}{enc.precision} on {args.device} vs fp32 on cpu ({ref.frames_encoded} frames, "
+              f"{len(a.text_ids)} captions): frames cosine min {frames[0]:.6f} mean {frames[1]:.6f}; "
+              f"captions cosine min {texts[0]:.6f} mean {texts[1]:.6f}")
+        if args.json:
+            result = {"dry_run": not on_gpu, "device": name, "clip": args.clip, "precision": enc.precision,
+                      "frames": fast.frames_encoded, "extraction_fps": extract_fps, "tower_bound_fps": bound,
+                      "frames_cosine": {"min": frames[0], "mean": frames[1]},
+                      "captions_cosine": {"min": texts[0], "mean": texts[1]}}
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
