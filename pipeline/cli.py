@@ -1,7 +1,8 @@
-"""The `vtr` command line: extract, fit, eval, info, demo.
+"""The `vtr` command group. Each command lives in its own module (`cli_<name>.py`) and is registered here.
 
 Stages talk through files: `extract` writes a cache, `fit` reads it and writes a run folder, `eval`
-reads both. Everything lands under ./cache by default.
+and `table` read both, `index` makes a search index that `search` and `serve` read. Everything lands
+under ./cache by default.
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def demo(out, workdir, n_videos, epochs, seed, device, quiet):
         click.echo(f"\nwrote {Path(out) / 'demo.json'}")
 
 
-# Each command lives in its own module; `vtr --help` lists them in this order.
+# The commands in their own modules (`vtr --help` lists them alphabetically).
 from vtr.cli_eval import eval_  # noqa: E402
 from vtr.cli_extract import combine, extract  # noqa: E402
 from vtr.cli_fit import fit  # noqa: E402
