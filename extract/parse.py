@@ -22,14 +22,14 @@ import multiprocessing as mp
 import sys
 
 from vtr.core.omp import usable_cores
-from vtr.extract.parse_model import DISABLED, MODEL_NAME, MODEL_PYPI, MODEL_VERSION, load_nlp, verb_index
+from vtr.extract.parse_model import MODEL_NAME, MODEL_VERSION, load_nlp, verb_index
 from vtr.extract.parse_repair import repair_text
 from vtr.extract.parse_rules import PARSER_VERSION, extract
-from vtr.extract.parse_tree import STREAMS, TREE_FIELDS, Parse, doc_from_tree, tree_of
+from vtr.extract.parse_tree import STREAMS, Parse, doc_from_tree
 
-__all__ = ["DISABLED", "MODEL_NAME", "MODEL_PYPI", "MODEL_VERSION", "PARSER_VERSION", "PARSE_MAX_CHARS", "STREAMS",
-           "TREE_FIELDS", "Parse", "doc_from_tree", "extract", "load_nlp", "model_info", "parse_caption",
-           "parse_captions", "parse_text", "repair_text", "tree_of", "verb_index"]
+__all__ = ["MODEL_NAME", "MODEL_VERSION", "PARSER_VERSION", "PARSE_MAX_CHARS", "STREAMS", "Parse", "doc_from_tree",
+           "extract", "load_nlp", "model_info", "parse_caption", "parse_captions", "parse_text", "repair_text",
+           "verb_index"]
 
 
 def model_info(model: str = MODEL_NAME) -> dict:

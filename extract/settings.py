@@ -4,7 +4,7 @@ Its own module so that building a job (`vtr.extract.job`) does not import torch 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -27,5 +27,3 @@ class ExtractSettings:
     decode_threads: int = 1  # ffmpeg threads per video: parallelism comes from the workers
     decode_nice: int = 0  # ffmpeg's niceness (Unix)
 
-    def as_dict(self) -> dict:
-        return asdict(self)

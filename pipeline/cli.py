@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from vtr.cli_common import CACHE_DIR, log
+from vtr.cli_common import CACHE_DIR, io_line, log
 from vtr.core import __version__
 
 class _Main(click.Group):
@@ -24,11 +24,9 @@ class _Main(click.Group):
         except (OSError, RuntimeError) as e:
             import errno
 
-            from vtr.core.io_errors import describe
-
             if isinstance(e, OSError) and e.errno == errno.EPIPE:  # output piped to `head`: click's own case
                 raise
-            line = describe(e) if isinstance(e, OSError) or type(e) is RuntimeError else None
+            line = io_line(e)
             if line is None:
                 raise
             raise click.ClickException(line) from None

@@ -13,10 +13,16 @@ def log(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def fail(e: Exception, writing=None, hint: str = ""):
-    """Stop with one line: the error's own message, or, for a failure of the disk or the file system, the
-    path and the cause (vtr.core.io_errors) followed by ``hint``; ``writing``: what the command was making."""
+def io_line(e: Exception, writing=None) -> str | None:
+    """For a failure of the disk or the file system, one line with the path and the cause
+    (vtr.core.io_errors); None for any other error."""
     from vtr.core.io_errors import describe
 
-    line = describe(e, writing) if isinstance(e, OSError) or type(e) is RuntimeError else None
+    return describe(e, writing) if isinstance(e, OSError) or type(e) is RuntimeError else None
+
+
+def fail(e: Exception, writing=None, hint: str = ""):
+    """Stop with one line: the error's own message, or `io_line` followed by ``hint``; ``writing``: what
+    the command was making."""
+    line = io_line(e, writing)
     raise click.ClickException(line + hint if line else str(e)) from None

@@ -32,9 +32,13 @@ if [ -x "$REPO/.venv/bin/vtr" ]; then  # the project's own environment first
     PY="$REPO/.venv/bin/python"
 elif command -v vtr >/dev/null 2>&1; then
     VTR=$(command -v vtr)
-    PY=${VTR_PYTHON:-python3}
+    PY=${VTR_PYTHON:-$(sed -n '1s/^#![[:space:]]*//p' "$VTR")}  # the interpreter vtr's own script runs
 else
     echo "reproduce: no vtr found (neither $REPO/.venv/bin/vtr nor vtr on PATH); install it first (install.sh)" >&2
+    exit 2
+fi
+if ! "$PY" -c "import vtr" 2>/dev/null; then
+    echo "reproduce: $PY cannot import vtr (the layout check runs in vtr's Python): set VTR_PYTHON to it" >&2
     exit 2
 fi
 

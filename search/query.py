@@ -43,7 +43,12 @@ class QueryEncoder:
         if self._encoder is None:
             from vtr.extract.clip_loader import load_clip
 
-            enc = load_clip(self.clip_model, device=self.device, download_root=self.clip_cache)
+            from vtr.core.device import resolve_device
+
+            # On a CPU captions run in fp32 whatever the image tower's precision: fp32 skips building the int8
+            # image tower a query never uses. A GPU keeps auto (fp16), as extraction ran there.
+            precision = "fp32" if resolve_device(self.device).type == "cpu" else "auto"
+            enc = load_clip(self.clip_model, device=self.device, download_root=self.clip_cache, precision=precision)
             if self.clip_sha256 and enc.sha256 != self.clip_sha256:
                 raise ValueError(f"CLIP {self.clip_model}: the weights found (SHA256 {enc.sha256[:12]}...) are not "
                                  f"the ones the cache was made with ({self.clip_sha256[:12]}...)")

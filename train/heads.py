@@ -23,7 +23,7 @@ from torch import nn
 
 from vtr.cache.records import CacheTensors
 from vtr.train.camoe import CAMoE
-from vtr.train.layers import (CLIP_LOGIT_SCALE, Block, RetrievalHead, identity_, masked_mean,  # noqa: F401 (re-exported)
+from vtr.train.layers import (Block, RetrievalHead, identity_, masked_mean,  # noqa: F401 (re-exported)
                               temporal_transformer)
 
 
