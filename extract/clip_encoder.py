@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# ClipWeightsMissing, default_clip_cache and sha256_file are also imported from here by callers.
-from vtr.extract.weights import (OPENAI_CLIP_URLS, ClipWeightsMissing, clip_model_urls, clip_weights,  # noqa: F401
-                                 default_clip_cache, sha256_file)
+# ClipWeightsMissing is also imported from here by callers.
+from vtr.extract.weights import OPENAI_CLIP_URLS, ClipWeightsMissing, url_sha256  # noqa: F401
 from vtr.core.safe_load import LoadError, is_torchscript, load_safetensors, load_torch, load_torchscript_state
 from vtr.extract.precision import (describe_gate, encode_first_frames, int8_available, prepare_int8,
                                    quantize_image_tower)
@@ -325,7 +324,7 @@ def build_random(arch: str, seed: int = 0):
 
 # TorchScript archives run their own (TorchScript) code when loaded, so only OpenAI's published files, known
 # by their SHA256, are read that way; any other model must come as a state dict or safetensors file.
-TRUSTED_TORCHSCRIPT = frozenset(url.rsplit("/", 2)[-2] for url in OPENAI_CLIP_URLS.values())
+TRUSTED_TORCHSCRIPT = frozenset(url_sha256(url) for url in OPENAI_CLIP_URLS.values())
 
 
 def _load_checkpoint(path: Path, sha256: str):

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vtr.core.device import resolve_device
-from vtr.extract.clip_encoder import (RANDOM_ARCHS, ClipEncoder, ClipWeightsMissing, _finish, _load_checkpoint,
-                                      _state_sha256, build_random, clip_model_urls, clip_weights,
-                                      resolve_precision, sha256_file)
+from vtr.core.files import sha256_file
+from vtr.extract.clip_encoder import (RANDOM_ARCHS, ClipEncoder, _finish, _load_checkpoint, _state_sha256,
+                                      build_random, resolve_precision)
+from vtr.extract.weights import ClipWeightsMissing, clip_model_urls, clip_weights
 from vtr.extract.open_clip_encoder import load_open_clip
 
 

@@ -26,6 +26,7 @@ import torch
 
 from vtr.core.safe_load import LoadError, is_torchscript, load_safetensors, load_torch, load_torchscript_state
 from vtr.extract.clip_encoder import TRUSTED_TORCHSCRIPT, ClipEncoder, _finish, _state_sha256
+from vtr.extract.decode import RESIZE_MODES
 from vtr.extract.weights import open_clip_weights, sha256_file
 
 # vtr's own small architectures, for offline tests with random weights: "vtr-tiny-clip" (causal text tower
@@ -37,7 +38,6 @@ PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 # (SigLIP's: mean = std = 0.5, bicubic, squashed to the square).
 OWN_PREPROCESS = {"vtr-tiny-siglip": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
                                           resize_mode="squash")}
-RESIZE_MODES = ("shortest", "squash")  # what vtr.extract.decode's ffmpeg filter does
 INTERPOLATIONS = ("bicubic", "bilinear")
 
 
