@@ -50,7 +50,7 @@ def atomic_write_bytes(path, payload: bytes) -> None:
     """Write ``payload`` to a temporary file beside ``path``, make it durable, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path, mode=0o600) as tmp:  # private to the user, like the tempfile.mkstemp files before
+    with replacing(path) as tmp:  # the umask's permissions, as for any file the user writes (the caches too)
         tmp.write_bytes(payload)
 
 

@@ -17,7 +17,7 @@ def settings_diff(old: Mapping, new: Mapping, *, keys: Iterable[str] | None = No
     depth: how many levels of dict values to compare per sub-key (``dataset_settings.seed``) rather than
       whole; None: all levels. A dict is opened only where both sides hold one, unless ``one_sided``: then
       each side's sub-keys count on their own, against nothing on the other side.
-    whole: dotted keys always compared whole; ignore: dotted keys never reported.
+    whole: dotted keys always compared whole; ignore: dotted keys never reported, nor anything under them.
     adopt: top-level keys that ``old`` may lack (settings added after it was made): no difference then.
     """
     if keys is None:
@@ -30,6 +30,8 @@ def _walk(old: Mapping, new: Mapping, keys: Iterable[str], prefix: str, depth: i
           ignore: set, one_sided: bool) -> Iterator[tuple[str, object, object]]:
     for k in keys:
         key, x, y = prefix + k, old.get(k), new.get(k)
+        if key in ignore:
+            continue
         opens = depth != 0 and key not in whole
         xd, yd = isinstance(x, dict), isinstance(y, dict)
         if opens and (xd and yd or one_sided and (xd or yd)):
@@ -39,5 +41,5 @@ def _walk(old: Mapping, new: Mapping, keys: Iterable[str], prefix: str, depth: i
             if xd and yd:
                 continue
             x, y = (None if xd else x), (None if yd else y)  # what is left of the side that is no dict
-        if x != y and key not in ignore:
+        if x != y:
             yield key, x, y

@@ -52,17 +52,23 @@ RANDOM_ARCHS = {
     "tiny": dict(embed_dim=256, image_resolution=64, vision_layers=2, vision_width=256, vision_patch_size=16,
                  context_length=77, vocab_size=49408, transformer_width=256, transformer_heads=2,
                  transformer_layers=2),
-    # ViT-B/32's shape, for benchmarks.
+    # The shapes of OpenAI's ViT-B/32, ViT-B/16 and ViT-L/14, for benchmarks (the CLIP paper, table 20).
     "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
                      vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=512,
                      transformer_heads=8, transformer_layers=12),
+    "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                     vision_patch_size=16, context_length=77, vocab_size=49408, transformer_width=512,
+                     transformer_heads=8, transformer_layers=12),
+    "ViT-L/14": dict(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
+                     vision_patch_size=14, context_length=77, vocab_size=49408, transformer_width=768,
+                     transformer_heads=12, transformer_layers=12),
 }
 
 
 # Precisions CLIP can run in (``--precision``). "auto": fp16 on a GPU, bf16 on a CPU with native bfloat16
 # instructions, fp32 otherwise. bf16 runs the fp32 weights under torch.autocast (matrix products in
-# bfloat16, accumulation and normalisation in float32); fp16 converts the weights, as OpenAI's CLIP does
-# on a GPU. Either way embeddings come out as float32 and are stored as float16.
+# bfloat16, accumulation and normalisation in float32); fp16 converts the weights as OpenAI's CLIP does on
+# a GPU (`_finish`). Either way embeddings come out as float32 and are stored as float16.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # x86 /proc/cpuinfo flags of native bfloat16 matrix instructions (AVX512-BF16, AMX). Without them oneDNN
 # emulates bf16, which is no faster than fp32; other CPUs (ARM) are not measured here, so they get fp32.
@@ -293,12 +299,17 @@ def fuse_quick_gelu(transformer: torch.nn.Module, quick_gelu_types: tuple[type, 
 
 
 def _finish(model: torch.nn.Module, device: torch.device, precision: str,
-            quick_gelu_types: tuple[type, ...] | None = None) -> torch.nn.Module:
+            quick_gelu_types: tuple[type, ...] | None = None, to_fp16=None) -> torch.nn.Module:
     """The model on ``device`` for inference in ``precision``. The image tower's MLPs are fused
-    (`fuse_quick_gelu`); the text tower is left as it is, so captions stay exactly CLIP's."""
+    (`fuse_quick_gelu`); the text tower is left as it is, so captions stay exactly CLIP's.
+
+    fp16 casts the weights with ``to_fp16`` (default: OpenAI's ``clip.model.convert_weights``, as
+    ``clip.load`` does on a GPU: matrices in float16; LayerNorms and embeddings stay float32, and CLIP's
+    LayerNorm computes in float32, so ``model.half()`` would make it fail)."""
     fuse_quick_gelu(getattr(model.visual, "transformer", None), quick_gelu_types)
-    model = model.to(device).eval()
-    model = model.half() if precision == "fp16" else model.float()  # bf16 keeps fp32 weights (autocast)
+    model = model.to(device).eval().float()  # bf16 keeps fp32 weights (autocast)
+    if precision == "fp16":
+        (to_fp16 or _import_clip().model.convert_weights)(model)
     if precision == "int8":
         model.visual = quantize_image_tower(model.visual)
     elif precision == "auto":  # int8 made now, kept aside until the first frames decide (vtr.extract.precision)
@@ -327,16 +338,22 @@ def build_random(arch: str, seed: int = 0):
 TRUSTED_TORCHSCRIPT = frozenset(url_sha256(url) for url in OPENAI_CLIP_URLS.values())
 
 
+def trusted_torchscript_state(path: Path, sha256: str) -> dict:
+    """The weights of a TorchScript archive of SHA256 ``sha256`` if it is one of OpenAI's published files;
+    `LoadError` otherwise (its code never runs)."""
+    if sha256 not in TRUSTED_TORCHSCRIPT:
+        raise LoadError(f"{path}: refused: a TorchScript archive runs its own code when loaded, and this one "
+                        f"is not one of OpenAI's published CLIP files (SHA256 {sha256[:16]}...); save its "
+                        "weights as a state dict or a safetensors file and pass that")
+    return load_torchscript_state(path)
+
+
 def _load_checkpoint(path: Path, sha256: str):
     """A CLIP from a checkpoint file of SHA256 ``sha256``, read as plain data only (see the module doc), or
     one of OpenAI's published TorchScript files; `LoadError` otherwise."""
     clip = _import_clip()
     if is_torchscript(path):  # OpenAI's files: keep the weights, rebuild eager CLIP (clip.load(jit=False))
-        if sha256 not in TRUSTED_TORCHSCRIPT:
-            raise LoadError(f"{path}: refused: a TorchScript archive runs its own code when loaded, and this one "
-                            f"is not one of OpenAI's published CLIP files (SHA256 {sha256[:16]}...); save its "
-                            "weights as a state dict or a safetensors file and pass that")
-        obj = load_torchscript_state(path)
+        obj = trusted_torchscript_state(path, sha256)
     elif path.suffix == ".safetensors":
         obj = load_safetensors(path)[0]
     else:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from vtr.core.safe_load import LoadError, is_torchscript, load_safetensors, load_torch, load_torchscript_state
-from vtr.extract.clip_encoder import TRUSTED_TORCHSCRIPT, ClipEncoder, _finish, _state_sha256
+from vtr.core.safe_load import LoadError, is_torchscript, load_safetensors, load_torch
+from vtr.extract.clip_encoder import ClipEncoder, _finish, _state_sha256, trusted_torchscript_state
 from vtr.extract.decode import RESIZE_MODES
 from vtr.extract.weights import open_clip_weights, sha256_file
 
@@ -99,10 +99,7 @@ def _create(oc, arch: str, quick_gelu: bool, preprocess: dict, seed: int):
 def _read_state_dict(path: Path, sha256: str) -> dict:
     """A state dict from ``path``, read as plain data only (see the module doc)."""
     if is_torchscript(path):
-        if sha256 not in TRUSTED_TORCHSCRIPT:
-            raise LoadError(f"{path}: refused: a TorchScript archive runs its own code when loaded, and this one is "
-                            "not one of OpenAI's published CLIP files; pass its weights as safetensors")
-        sd = load_torchscript_state(path)
+        sd = trusted_torchscript_state(path, sha256)
     elif path.suffix == ".safetensors":
         sd = load_safetensors(path)[0]
     elif path.suffix in (".npz", ".npy"):
@@ -318,7 +315,7 @@ def load_open_clip(spec: str, device: torch.device, precision: str, download_roo
     if isinstance(size, (tuple, list)) and size[0] != size[1]:
         raise LoadError(f"open_clip {arch}: a {size[0]}x{size[1]} input; vtr's frames are square")
     return OpenClipEncoder(
-        _finish(model, device, precision, (QuickGELU,)), spec, digest, pretrained is None, device, precision,
+        _finish(model, device, precision, (QuickGELU,), torch.nn.Module.half), spec, digest, pretrained is None, device, precision,
         arch=arch, pretrained=label, tokenizer=tokenizer, preprocess=dict(oc.get_model_preprocess_cfg(model)),
         embed_dim=int(config["embed_dim"]), context_length=context_length,
         pad_id=int(tokenizer([""])[0, -1]), text_at_real_length=causal_eot, quick_gelu=quick_gelu,

@@ -32,12 +32,15 @@ RECALL_QUERIES, RECALL_K = 1000, 10
 
 def _load_head(run: Path | None, zero_shot: bool, data: CacheTensors):
     from vtr.train.heads import MeanP
+    from vtr.train.layers import use_model_logit_scale
     from vtr.train.runs import load_run
 
+    # The backbone's own logit scale where the cache records one (open_clip), as vtr eval scores: the
+    # index's scores are the head's logits.
     if zero_shot:
         if run is not None:
             raise ValueError("give a run or zero_shot, not both")
-        return MeanP(data.dim), store.run_identity(None, None)
+        return use_model_logit_scale(MeanP(data.dim), data.attrs), store.run_identity(None, None)
     if run is None:
         raise ValueError("give a run folder (--run), or --zero-shot for zero-shot CLIP")
     head, _, info = load_run(Path(run))
@@ -48,7 +51,7 @@ def _load_head(run: Path | None, zero_shot: bool, data: CacheTensors):
                              f"{data.attrs.get('path')} holds {data.attrs.get(key)!r}")
     if info["dim"] != data.dim:
         raise ValueError(f"run {run} takes {info['dim']}-d features; the cache holds {data.dim}-d ones")
-    return head, store.run_identity(Path(run), info["checkpoint"])
+    return use_model_logit_scale(head, data.attrs, trained=True), store.run_identity(Path(run), info["checkpoint"])
 
 
 def _video_root(paths: list[str], given: Path | None) -> Path | None:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
 import torch
 
 import vtr.core.metrics as metrics
+from vtr.cache import read_cache
 from vtr.cache.records import CacheTensors
 from vtr.core.safe_load import LoadError
 from vtr.train.encode import encode_all, score_matrix
@@ -111,6 +114,11 @@ def test_run_folder_contents(trained):
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     assert sum(line.startswith("epoch ") for line in lines) == 12
     assert not list(run.glob(".*tmp*"))  # no temp files left behind
+    # Readable as the user's umask says, like any file they write (a teammate can load the run).
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "last.safetensors", "best.safetensors", "log.jsonl", "curves.png"):
+        assert stat.S_IMODE((run / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_best_checkpoint_is_best_val_epoch_and_reloads_to_its_scores(data, trained):
@@ -192,6 +200,22 @@ def test_different_config_or_cache_is_refused(data, tmp_path):
     with pytest.raises(ValueError, match="cache.fingerprint"):
         fit_tensors(grown, tmp_path, FitConfig(epochs=1, head_options={"layers": 1}, **QUICK), progress=False,
                     log=lambda s: None)
+
+
+def test_a_run_resumes_on_its_cache_moved_elsewhere(data, tmp_path):
+    """The run keeps the cache's path, but a cache moved (or reached by another path) is the same cache:
+    only its fingerprint and the run's settings decide."""
+    cfg = dict(QUICK, head_options={"layers": 1})
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    cache = write_cache(data, tmp_path / "toy.h5")
+    fit_tensors(read_cache(cache), tmp_path / "run", FitConfig(epochs=1, **cfg), cache_path=str(cache),
+                progress=False, log=lambda s: None)
+    cache = cache.rename(moved / cache.name)
+    fit_tensors(read_cache(cache), tmp_path / "run", FitConfig(epochs=2, **cfg), cache_path=str(cache),
+                progress=False, log=lambda s: None)
+    assert read_last(tmp_path / "run")["epoch"] == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["cache"]["path"] == str(cache)
 
 
 def test_meanp_is_refused(data, tmp_path):

@@ -123,6 +123,24 @@ def test_quick_gelu_is_fused_only_where_the_activation_is_quick_gelu(clip_style,
         assert torch.equal(siglip_style.encode_image(x), ref.encode_image(x))  # nothing rewritten
 
 
+@pytest.mark.parametrize("spec", [CLIP_STYLE, SIGLIP_STYLE])
+def test_fp16_encodes_close_to_fp32(spec, clip_style, siglip_style):
+    """fp16 (auto on a GPU) casts open_clip's model whole: its LayerNorm computes in the input's dtype. Run
+    on the CPU, which has float16 kernels too."""
+    from vtr.extract.open_clip_encoder import load_open_clip
+
+    ref = clip_style if spec == CLIP_STYLE else siglip_style
+    half = load_open_clip(spec, torch.device("cpu"), "fp16")
+    assert half.dtype == torch.float16 and half.precision == "fp16"
+    r = ref.resolution
+    frames = np.random.default_rng(0).integers(0, 256, (4, r, r, 3), dtype=np.uint8)
+    tokens = ref.tokenize(CAPTIONS)
+    for a, b in ((half.encode_frames(frames), ref.encode_frames(frames)),
+                 (half.encode_tokens(tokens), ref.encode_tokens(tokens))):
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() > 0.999
+
+
 def test_frames_are_normalised_with_the_models_own_statistics(siglip_style):
     assert (siglip_style.image_mean, siglip_style.image_std) == ((0.5,) * 3, (0.5,) * 3)
     assert (siglip_style.resize_mode, siglip_style.resolution) == ("squash", 48)

@@ -153,3 +153,20 @@ def test_the_check_samples_the_whole_batch():
     picked = P.gate_indices(100, 5).tolist()
     assert picked[0] == 0 and picked[-1] == 99 and len(picked) == 5 == len(set(picked))
     assert P.gate_indices(3, 5).tolist() == [0, 1, 2]
+
+
+def test_fp16_casts_the_weights_as_openai_clip_does_on_a_gpu(tiny_clip):
+    """fp16 (what auto picks on a GPU) keeps CLIP's LayerNorms and embeddings in float32, as clip.load does:
+    CLIP's LayerNorm computes in float32, so casting the whole model (model.half()) failed at the first
+    LayerNorm. Found by scripts/gpu_check.py on an H200; run here on the CPU, which has float16 kernels too."""
+    model = clip_encoder._finish(build_random("tiny"), torch.device("cpu"), "fp16")
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert {d for n, d in dtypes.items() if ".ln_" in n or n.startswith("ln_")} == {torch.float32}
+    assert dtypes["visual.conv1.weight"] == dtypes["visual.proj"] == dtypes["text_projection"] == torch.float16
+    assert dtypes["visual.class_embedding"] == dtypes["token_embedding.weight"] == torch.float32
+    half = clip_encoder.ClipEncoder(model, "random:tiny", tiny_clip.sha256, True, torch.device("cpu"), "fp16")
+    assert half.dtype == torch.float16
+    frames = _frames(6, 3)
+    assert _cosine(half.encode_frames(frames), tiny_clip.encode_frames(frames)).min() > 0.999
+    tokens = tiny_clip.tokenize(CAPTIONS)
+    assert _cosine(half.encode_tokens(tokens), tiny_clip.encode_tokens(tokens)).min() > 0.999

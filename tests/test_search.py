@@ -21,7 +21,7 @@ from vtr.core.metrics import retrieval_metrics
 from vtr.eval.rescore import qbnorm_t2v
 from vtr.search.index import SearchIndex, build_index
 from vtr.search.store import IndexStale
-from vtr.search.vectors import caption_vectors
+from vtr.search.vectors import caption_vectors, video_vectors
 from vtr.train.fit import FitConfig, fit
 from vtr.train.heads import MeanP
 
@@ -158,6 +158,26 @@ def test_zero_shot_index_ranks_as_eval(toy, tmp_path):
     mine = search_ranks(index, q, [test.video_ids[i] for i in test.text_video])
     compare(mine, eval_raw, near_ties(logits, test.text_video, 1e-5 * float(logits.abs().max())), "zero-shot")
     assert index.info["model"] == "meanP" and index.info["run"] is None
+
+
+def test_scores_use_the_backbones_own_logit_scale(tmp_path):
+    """An open_clip cache records its backbone's logit scale; the index's scores are logits at that scale,
+    as vtr eval scores them (CLIP's 100 would be wrong for, say, a SigLIP backbone)."""
+    videos, texts = toy_rows(n_train=0, n_test=20)
+    with CacheWriter(tmp_path / "oc.h5", dict(SETTINGS, clip_logit_scale=30.0), max_frames=T, dim=D) as w:
+        for v in videos:
+            w.add_video(v)
+        for t in texts:
+            w.add_text(t)
+        w.commit()
+    index = SearchIndex.open(build_index(tmp_path / "oc.h5", tmp_path / "zs", zero_shot=True, split="test",
+                                         progress=False))
+    assert index.scale == pytest.approx(30.0, rel=1e-6)
+    test = read_cache(tmp_path / "oc.h5").select("test")
+    q = caption_vectors(MeanP(D), test, np.arange(3))
+    scores, idx = index.rank_vectors(q, k=5)
+    cos = np.einsum("bd,bkd->bk", q, video_vectors(MeanP(D), test, np.arange(len(test.video_ids)))[idx])
+    assert np.allclose(scores, 30.0 * cos, rtol=1e-5, atol=1e-5)
 
 
 def test_grown_cache_adds_only_new_videos_and_stale_is_refused(toy, tmp_path):
