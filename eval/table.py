@@ -76,13 +76,23 @@ def caches_named(runs_dir) -> list[str]:
     return named
 
 
-def runs_on(cache_path, runs_dir) -> tuple[list[tuple[Path, dict]], list[dict]]:
-    """(finished runs trained on ``cache_path``, skipped runs on it with the reason), by folder name."""
+def _trained_on(record: dict, cache_path, fingerprint: str | None) -> bool:
+    """Whether the run of ``record`` was trained on the cache at ``cache_path``: the same file, or, where the
+    file it names is gone (the cache was moved), a cache of the same ``fingerprint``."""
+    named = record["cache"]["path"]
+    if _same_file(named, cache_path):
+        return True
+    return fingerprint is not None and not Path(named).exists() and record["cache"].get("fingerprint") == fingerprint
+
+
+def runs_on(cache_path, runs_dir, fingerprint: str | None = None) -> tuple[list[tuple[Path, dict]], list[dict]]:
+    """(finished runs trained on ``cache_path``, skipped runs on it with the reason), by folder name.
+    ``fingerprint`` (`cache_fingerprint` of that cache) also finds the runs of a cache moved since."""
     finished, skipped = [], []
     for d, record, why in scan_runs(runs_dir):
         if record is None:
             skipped.append({"run": str(d), "why": why})
-        elif _same_file(record["cache"]["path"], cache_path):
+        elif _trained_on(record, cache_path, fingerprint):
             (skipped.append({"run": str(d), "why": why}) if why else finished.append((d, record)))
     return finished, skipped
 
@@ -118,7 +128,7 @@ def build_table(cache_path, runs_dir, *, zero_shot: bool = True, device: str = "
     attrs = data.attrs
     dataset = attrs.get("dataset", "?")
     clip = _clip_words(attrs)
-    runs, skipped = runs_on(cache_path, runs_dir)
+    runs, skipped = runs_on(cache_path, runs_dir, cache_fingerprint(data))
     notes = []
     # Every registered method: raw first, then the inductive ones, the transductive ones last.
     methods = sorted((rescorers.get(n) for n in rescorers.names()),

@@ -157,6 +157,27 @@ def test_runs_alone_pick_their_cache_or_say_there_are_several(stand_ins, tmp_pat
                                                                     for s in ("none", "qbnorm", "dsl")]
 
 
+def test_runs_of_a_moved_cache_are_found(stand_ins, tmp_path):
+    """A cache moved after training (the path its runs name is gone) still gets its runs' rows; a copy
+    beside the original does not, since the runs name the original."""
+    _, caches, runs = stand_ins
+    moved = tmp_path / "moved" / caches["msvd"].name
+    moved.parent.mkdir()
+    shutil.copy(caches["msvd"], moved)
+    only = tmp_path / "runs"
+    shutil.copytree(runs / "msvd-camoe-dsl", only / "msvd-camoe-dsl")
+
+    def our_methods(out):
+        vtr("table", "--cache", moved, "--runs", only, "--out", out)
+        return {row["method"] for row in json.loads((out / "table.json").read_text())["rows"] if row["kind"] == "ours"}
+
+    assert our_methods(tmp_path / "copy") == {"zero-shot meanP"}  # the original is still there: a copy
+    record = json.loads((only / "msvd-camoe-dsl" / "config.json").read_text())
+    record["cache"]["path"] = str(tmp_path / "gone" / caches["msvd"].name)  # as if the cache had been moved
+    (only / "msvd-camoe-dsl" / "config.json").write_text(json.dumps(record))
+    assert our_methods(tmp_path / "moved-out") == {"zero-shot meanP", "CAMoE · DSL loss"}
+
+
 def test_reference_data_is_cited_and_complete():
     for bench in references.BENCHMARKS.values():
         for row in bench["rows"]:
