@@ -70,8 +70,15 @@ class ClipChoice:
                          offline=self.offline, progress=progress, log=log)
 
     def portable(self) -> ClipChoice:
-        """Checkpoint files and the weights folder as absolute paths; model names stay names."""
-        model = _absolute(self.model) if Path(self.model).expanduser().is_file() else self.model
+        """Checkpoint files (also the weights file of ``open_clip:ARCH:FILE``) and the weights folder as
+        absolute paths; model names and pretrained tags stay as they are."""
+        model = self.model
+        if Path(model).expanduser().is_file():
+            model = _absolute(model)
+        elif model.startswith("open_clip:"):
+            arch, _, pretrained = model[len("open_clip:"):].partition(":")
+            if pretrained and Path(pretrained).expanduser().is_file():
+                model = f"open_clip:{arch}:{_absolute(Path(pretrained).expanduser())}"
         return replace(self, model=model, weights_dir=_absolute(self.weights_dir))
 
 

@@ -103,6 +103,10 @@ def test_a_job_is_plain_data_and_travels_with_absolute_paths(tmp_path, monkeypat
     assert far.clip.weights_dir == str(tmp_path / "weights") and far.settings == job.settings
     assert ExtractJob(DatasetSource("synthetic")).portable().dataset.root == str(tmp_path / "cache" / "synthetic")
     assert ClipChoice("ViT-B/32").portable().model == "ViT-B/32"  # a name, not a file here
+    (tmp_path / "oc.safetensors").write_bytes(b"")
+    assert ClipChoice("open_clip:ViT-B-32:oc.safetensors").portable().model == \
+        f"open_clip:ViT-B-32:{tmp_path / 'oc.safetensors'}"
+    assert ClipChoice("open_clip:ViT-B-32:laion2b_s34b_b79k").portable().model == "open_clip:ViT-B-32:laion2b_s34b_b79k"
     assert job.for_shard(2, 4).writes() == Path("c.shards") / "shard-002-of-004.h5"
     with pytest.raises(ValueError, match="no output cache"):
         ExtractJob(DatasetSource("byo")).writes()
