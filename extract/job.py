@@ -76,8 +76,10 @@ class ClipChoice:
         if Path(model).expanduser().is_file():
             model = _absolute(model)
         elif model.startswith("open_clip:"):
-            arch, _, pretrained = model[len("open_clip:"):].partition(":")
-            if pretrained and Path(pretrained).expanduser().is_file():
+            from vtr.extract.open_clip_encoder import parse_spec
+
+            arch, pretrained, _ = parse_spec(model)  # ValueError on a malformed spec, as loading it would raise
+            if Path(pretrained).expanduser().is_file():
                 model = f"open_clip:{arch}:{_absolute(Path(pretrained).expanduser())}"
         return replace(self, model=model, weights_dir=_absolute(self.weights_dir))
 
