@@ -2,7 +2,9 @@
 on generated clips; its embeddings against the CPU's fp32 ones (min and mean cosine), and its frames per
 second against the image tower alone (synthetic input already on the GPU: the bound extraction can reach).
 The captions are encoded by the text tower directly, not parsed: spaCy's parse is CPU work, the same on
-every machine, and a GPU machine's image need not carry spaCy.
+every machine, and a GPU machine's image need not carry spaCy. Last, a seqTransf head is fitted on the GPU
+on those features for a few epochs, and its test metrics, raw and with DSL, evaluated on the GPU and on
+the CPU: they should be the same.
 
     python scripts/gpu_check.py                      # a machine with a CUDA GPU; a few minutes at most
     python scripts/gpu_check.py --device cpu --clip random:tiny --videos 2 --seconds 2   # dry run, CPU only
@@ -52,6 +54,26 @@ def cosines(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(c.min()), float(c.mean())
 
 
+def fit_and_eval(data, work: Path, device: str, epochs: int) -> tuple[dict, dict, dict, float]:
+    """A seqTransf head fitted on ``device`` for ``epochs`` (its log), then its test metrics evaluated on
+    ``device`` and on the CPU, raw and with DSL: (log, metrics on the device, metrics on the CPU, seconds)."""
+    from vtr.eval.evaluate import evaluate
+    from vtr.train.fit import FitConfig, fit_tensors
+    from vtr.train.runs import load_run
+
+    t = time.perf_counter()
+    run = fit_tensors(data, work / f"run-{device.replace(':', '-')}", FitConfig(
+        model="seqTransf", epochs=epochs, batch_size=32, device=device), progress=False, log=lambda s: None)
+    seconds = time.perf_counter() - t
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    head = load_run(run)[0]
+    on = {}
+    for where in (device, "cpu"):
+        on[where] = {r: {d: evaluate(head, data, split="test", rescore=r, device=where)[d] for d in ("t2v", "v2t")}
+                     for r in ("none", "dsl")}
+    return log, on[device], on["cpu"], seconds
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda[:N] (the check), or cpu (a dry run of its steps).")
@@ -62,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=12.0, help="Length of each clip (1 frame sampled per second).")
     ap.add_argument("--batch", type=int, default=256, help="Frames per batch, in extraction and in the bound.")
     ap.add_argument("--bound-seconds", type=float, default=10.0, help="How long to time the image tower alone.")
+    ap.add_argument("--epochs", type=int, default=3, help="Epochs of the seqTransf head fitted on the device.")
     ap.add_argument("--workdir", type=Path, help="Where the clips and the two caches go. Default: a temporary folder.")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
     args = ap.parse_args(argv)
@@ -128,12 +151,26 @@ def main(argv=None) -> int:
               f"{len(b.video_ids)} videos, {len(texts)} captions): frames cosine min {frames[0]:.6f} "
               f"mean {frames[1]:.6f}; captions cosine min {captions[0]:.6f} mean {captions[1]:.6f}; "
               f"text tower {text_rate:.0f} captions/s on {args.device}")
+        # fit and eval on the device: a head on the device cache, its captions' embeddings from the device
+        data = replace(a, text_ids=[c.id for c in ds.captions],
+                       captions=[c.text for c in ds.captions], text_split=np.array([c.split for c in ds.captions], object),
+                       text_video=np.array([list(a.video_ids).index(c.video_id) for c in ds.captions]),
+                       text_emb=encode_sorted(enc, [c.text for c in ds.captions], 256), phrase_emb=None, phrase_mask=None)
+        log, on_device, on_cpu, fit_s = fit_and_eval(data, work, args.device, args.epochs)
+        losses = [e["train_loss"] for e in log]
+        same = on_device == on_cpu
+        print(f"{tag}fit seqTransf {args.epochs} epochs on {args.device} in {fit_s:.1f} s, train loss "
+              + " -> ".join(f"{x:.4f}" for x in losses) + f"; its test metrics evaluated on {args.device} and on cpu "
+              f"(raw and DSL, both directions): {'the same' if same else 'DIFFERENT'}"
+              + ("" if same else f" ({args.device}: {on_device}; cpu: {on_cpu})"))
         if args.json:
             result = {"dry_run": not on_gpu, "device": name, "clip": args.clip, "precision": enc.precision,
                       "torch": torch.__version__, "frames": fast.frames_encoded, "extraction_fps": extract_fps,
                       "tower_bound_fps": bound, "captions_per_s": text_rate, "reference_frames": ref.frames_encoded,
                       "frames_cosine": {"min": frames[0], "mean": frames[1]},
-                      "captions_cosine": {"min": captions[0], "mean": captions[1]}}
+                      "captions_cosine": {"min": captions[0], "mean": captions[1]},
+                      "fit": {"epochs": args.epochs, "seconds": fit_s, "train_loss": losses},
+                      "eval_same_on_device_and_cpu": same, "eval_on_device": on_device, "eval_on_cpu": on_cpu}
             args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -3,6 +3,7 @@ protocol on stand-in MSR-VTT videos named by real ids, with their real captions 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -114,16 +115,19 @@ def gpu_check():
 
 def test_gpu_check_dry_run_on_cpu(tmp_path, capsys):
     out = tmp_path / "gpu.json"
-    assert gpu_check().main(["--device", "cpu", "--clip", "random:tiny", "--videos", "2", "--seconds", "2",
-                             "--batch", "16", "--bound-seconds", "0.2", "--workdir", str(tmp_path),
+    assert gpu_check().main(["--device", "cpu", "--clip", "random:tiny", "--videos", "12", "--reference-videos", "2",
+                             "--seconds", "2", "--batch", "16", "--bound-seconds", "0.2", "--workdir", str(tmp_path),
                              "--json", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5 and all(line.startswith("DRY RUN on cpu (no GPU measured): ") for line in lines)
+    assert len(lines) == 6 and all(line.startswith("DRY RUN on cpu (no GPU measured): ") for line in lines)
     result = json.loads(out.read_text())
     assert result["dry_run"] and result["device"] == "cpu" and result["precision"] == "fp32"
     assert result["frames"] > 0 and result["extraction_fps"] > 0 and result["tower_bound_fps"] > 0
     # The same model and precision on the same CPU: the two caches hold the same embeddings.
     assert result["frames_cosine"]["min"] > 0.9999 and result["captions_cosine"]["min"] > 0.9999
+    # A head fitted on the "device" (the CPU here) for 3 epochs, evaluated there and on the CPU: the same.
+    assert len(result["fit"]["train_loss"]) == 3 and all(math.isfinite(x) for x in result["fit"]["train_loss"])
+    assert result["eval_same_on_device_and_cpu"] and set(result["eval_on_cpu"]) == {"none", "dsl"}
 
 
 def test_gpu_check_without_a_gpu_says_so_in_one_line(capsys):
