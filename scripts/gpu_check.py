@@ -7,7 +7,7 @@ on those features for a few epochs, and its test metrics, raw and with DSL, eval
 the CPU: they should be the same.
 
     python scripts/gpu_check.py                      # a machine with a CUDA GPU; a few minutes at most
-    python scripts/gpu_check.py --device cpu --clip random:tiny --videos 2 --seconds 2   # dry run, CPU only
+    python scripts/gpu_check.py --device cpu --clip random:tiny --videos 12 --seconds 2   # dry run, CPU only
 
 Without a CUDA GPU (and without --device cpu) it exits 1 with one line and measures nothing. The dry run
 goes through the same steps on the CPU, in fp32, and labels every line DRY RUN: its numbers are no GPU's.
@@ -113,7 +113,8 @@ def main(argv=None) -> int:
         videos = replace(ds, captions=[])
         ref_videos = replace(videos, videos=ds.videos[:args.reference_videos])
         ref_ids = {v.id for v in ref_videos.videos}
-        texts = [c.text for c in ds.captions if c.video_id in ref_ids]
+        texts = [c.text for c in ds.captions]  # every caption: the fit below needs them all
+        in_ref = np.array([c.video_id in ref_ids for c in ds.captions])  # those the CPU encodes again
 
         # The GPU run: fp16, frames sent as uint8 from pinned memory (ClipEncoder.encode_frames on CUDA).
         enc = load_clip(args.clip, device=args.device, precision="fp16" if on_gpu else "fp32")
@@ -142,20 +143,22 @@ def main(argv=None) -> int:
         ref = stage.run_extract(ref_videos, cpu, work / "cpu.h5", progress=False, log=lambda s: None,
                                 batch_frames=args.batch)
         a, b = read_cache(work / "device.h5"), read_cache(work / "cpu.h5")
-        rows = [list(a.video_ids).index(v) for v in b.video_ids]
+        row_of = {vid: i for i, vid in enumerate(a.video_ids)}
+        rows = [row_of[v] for v in b.video_ids]
         valid = a.frame_mask[rows].astype(bool)
         assert (valid == b.frame_mask.astype(bool)).all(), "the two runs sampled different frames"
         frames = cosines(a.frames[rows][valid], b.frames[valid])
-        captions = cosines(text_dev, encode_sorted(cpu, texts, 256))
+        ref_texts = [t for t, keep in zip(texts, in_ref) if keep]
+        captions = cosines(text_dev[in_ref], encode_sorted(cpu, ref_texts, 256))
         print(f"{tag}{enc.precision} on {args.device} vs fp32 on cpu ({ref.frames_encoded} frames of "
-              f"{len(b.video_ids)} videos, {len(texts)} captions): frames cosine min {frames[0]:.6f} "
+              f"{len(b.video_ids)} videos, {len(ref_texts)} captions): frames cosine min {frames[0]:.6f} "
               f"mean {frames[1]:.6f}; captions cosine min {captions[0]:.6f} mean {captions[1]:.6f}; "
               f"text tower {text_rate:.0f} captions/s on {args.device}")
         # fit and eval on the device: a head on the device cache, its captions' embeddings from the device
-        data = replace(a, text_ids=[c.id for c in ds.captions],
-                       captions=[c.text for c in ds.captions], text_split=np.array([c.split for c in ds.captions], object),
-                       text_video=np.array([list(a.video_ids).index(c.video_id) for c in ds.captions]),
-                       text_emb=encode_sorted(enc, [c.text for c in ds.captions], 256), phrase_emb=None, phrase_mask=None)
+        data = replace(a, text_ids=[c.id for c in ds.captions], captions=texts,
+                       text_split=np.array([c.split for c in ds.captions], object),
+                       text_video=np.array([row_of[c.video_id] for c in ds.captions]), text_emb=text_dev,
+                       phrase_emb=None, phrase_mask=None)
         log, on_device, on_cpu, fit_s = fit_and_eval(data, work, args.device, args.epochs)
         losses = [e["train_loss"] for e in log]
         same = on_device == on_cpu
